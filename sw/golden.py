@@ -1,0 +1,225 @@
+"""Bit-exact integer decode: the oracle the RTL is checked against.
+
+Integer only: every operand is an integer numpy array (``sw.intops`` refuses floats and checks
+every hardware width), and the decoder never reads ``QuantModel.scales``. One decode step is a
+sequence of named steps, each one hardware pattern:
+
+====================  ===========================================  ===============================
+step (method)         integer semantics                            pattern / units
+====================  ===========================================  ===============================
+``embed``             x = EMB[token] (int16, residual scale)       embedding gather: AGCU reads
+                                                                   one row from HBM into a PMU
+``rmsnorm``           ss = SUM((x >>r sh)^2) (int32);              RMSNorm: PCU MUL + SUM reduce;
+                      v = ss + eps; (idx, hk) = rsqrt_index(v);    scalar CLZ/shift; PMU LUT;
+                      r = RSQRT[idx]; y = REQUANT(x*r, m, s+hk, 8) PCU MUL + REQUANT (gain folded
+                                                                   into the next GEMV)
+``gemv``              acc = W8 @ x8 (int32);                       GEMV: DP4 lanes + SUM reduce,
+                      y = REQUANT(acc, m[row], s[row], bits)       per-row (m, s) from a PMU
+``rope``              y1 = REQUANT(x1*C - x2*S, m, s, 8),          RoPE: PCU MUL/SUB/ADD on int16
+                      y2 = REQUANT(x2*C + x1*S, m, s, 8)           x Q14 tables (PMU, row = pos)
+``kv_write``          K[l,:,pos] = k8, V[l,:,pos] = v8             PMU/AGCU write to KV (HBM)
+``attn_scores``       s_t = SUM_d q8[d] * K[t,d] (int32)           attention scores: DP4 + SUM
+``softmax_num``       mx = MAX_t s_t; i = MIN(REQUANT(mx-s_t,      softmax: MAX reduce, SUB,
+                      m_e, s_e, 16), N-1); e_t = EXP[i];           REQUANT, MIN, PMU LUT,
+                      sum = SUM_t e_t (int32)                      SUM reduce
+``attn_wsum``         acc[d] = SUM_t e_t * V[t,d] (int32);         weighted sum of V: MAC lanes;
+                      (ri, E) = recip_index(sum);                  reciprocal by CLZ + LUT (no
+                      mh = rshift_round(RECIP[ri]*m_a, 15);        divider): scalar MUL and shift,
+                      o = REQUANT(acc, mh, s_a + E, 8)             vector REQUANT
+``swiglu``            g8 = gate GEMV; u16 = up GEMV;               SwiGLU: PMU LUT (SiLU) on the
+                      h = REQUANT(SILU[g8 & 0xFF] * u16, m, s, 8)  raw byte, PCU MUL + REQUANT
+``residual``          x = add_sat(x, y, 16)                        residual add: PCU ADD, saturate
+``lm_head``           final ``rmsnorm`` + ``gemv`` to int32 logits LM head GEMV (REQUANT, 32 bit)
+``argmax``            lowest index of the maximum                  MAX reduce with index
+====================  ===========================================  ===============================
+
+``>>r`` is :func:`sw.intops.rshift_round` (round half up). The softmax divides by multiplying
+with a reciprocal from a table (``RECIP``, normalised by CLZ), deferred until after the
+weighted sum of V (one reciprocal per head, as the hardware would do it: no divider).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from . import intops as I
+from .model import LlamaModel
+from .quant import QuantModel, quantize
+
+__all__ = ["GoldenDecoder", "generate", "forward_logits", "quantized", "dequant_logits"]
+
+
+class GoldenDecoder:
+    """Integer decoder with an int8 KV cache. ``step(token)`` returns int32 logits."""
+
+    def __init__(self, qm: QuantModel):
+        self.qm = qm
+        self.config = c = qm.config
+        shape = (c.n_layers, c.n_kv_heads, c.max_seq_len, c.head_dim)
+        self.k_cache = np.zeros(shape, np.int8)
+        self.v_cache = np.zeros(shape, np.int8)
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.k_cache[:] = 0
+        self.v_cache[:] = 0
+        self.pos = 0
+
+    # ---- the patterns ---------------------------------------------------------------------
+    def embed(self, token_id: int) -> np.ndarray:
+        return I.lut(self.qm.emb, np.int64(token_id)).astype(np.int16)
+
+    def rmsnorm(self, x: np.ndarray, m: int, s: int) -> np.ndarray:
+        qm = self.qm
+        xs = I.rshift_round(I.check_range(x, 16, "rmsnorm input"), qm.ss_shift)
+        ss = I.check_range(np.sum(xs * xs), 32, "sum of squares")
+        v = I.check_range(ss + qm.eps_int, 32, "mean square")
+        idx, half_k = I.rsqrt_index(v, qm.rsqrt_bits)
+        r = I.lut(qm.rsqrt, idx)
+        return I.requant(I.mul(x, r), m, int(s) + int(half_k), 8)
+
+    @staticmethod
+    def gemv(w, x, m, s, bits: int) -> np.ndarray:
+        return I.requant(I.gemv(w, x), m, s, bits)
+
+    def rope(self, x16: np.ndarray, m: int, s: int) -> np.ndarray:
+        """x16: (heads, hd) int16 -> int8, rotate_half pairs (j, j + hd/2)."""
+        h = x16.shape[-1] // 2
+        cos = self.qm.rope_cos[self.pos]
+        sin = self.qm.rope_sin[self.pos]
+        x1, x2 = x16[:, :h], x16[:, h:]
+        y1 = I.check_range(I.mul(x1, cos).astype(np.int64) - I.mul(x2, sin), 32, "rope")
+        y2 = I.check_range(I.mul(x2, cos).astype(np.int64) + I.mul(x1, sin), 32, "rope")
+        return np.concatenate([I.requant(y1, m, s, 8), I.requant(y2, m, s, 8)], axis=-1)
+
+    def attn_scores(self, q8: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """q8: (hd,), K: (T, hd) int8 -> (T,) int32."""
+        return I.dot(q8[None, :], K, axis=-1)
+
+    def softmax_num(self, scores: np.ndarray, m: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unnormalised softmax numerators (table units) and their sum."""
+        qm = self.qm
+        mx = np.max(scores)
+        d = I.check_range(mx.astype(np.int64) - scores, 32, "score difference")
+        idx = np.minimum(I.requant(d, m, s, 16).astype(np.int64), qm.exp.shape[0] - 1)
+        e = I.lut(qm.exp, idx)
+        return e, I.check_range(np.sum(e), 32, "softmax sum")
+
+    def attn_wsum(self, e: np.ndarray, total, V: np.ndarray, m: int, s: int) -> np.ndarray:
+        """sum_t e_t V[t] / total, requantised to int8 (reciprocal by table)."""
+        qm = self.qm
+        acc = I.dot(e[:, None], V, axis=0)                              # (hd,) int32
+        ri, E = I.recip_index(total, qm.recip_bits)
+        mh = I.rshift_round(I.mul(I.lut(qm.recip, ri), m), 15)
+        return I.requant(acc, mh, int(s) + int(E), 8)
+
+    def swiglu(self, g8: np.ndarray, u16: np.ndarray, silu_table: np.ndarray, m: int, s: int):
+        sg = I.lut(silu_table, I.int8_lut_index(g8))
+        return I.requant(I.mul(sg, I.check_range(u16, 16, "up")), m, s, 8)
+
+    @staticmethod
+    def residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return I.add_sat(x, y, 16)
+
+    # ---- one decode step -------------------------------------------------------------------
+    def step(self, token_id: int) -> np.ndarray:
+        qm, c = self.qm, self.config
+        if self.pos >= c.max_seq_len:
+            raise ValueError(f"context overflow: position {self.pos} >= max_seq_len {c.max_seq_len}")
+        token_id = int(token_id)
+        if not 0 <= token_id < c.vocab_size:
+            raise ValueError(f"token id {token_id} outside vocabulary of size {c.vocab_size}")
+        p, hd, nh, nkv = self.pos, c.head_dim, c.n_heads, c.n_kv_heads
+        x = self.embed(token_id)
+        for l in range(c.n_layers):
+            # attention block
+            h = self.rmsnorm(x, qm.norm1_m[l], qm.norm1_s[l])
+            q = self.gemv(qm.wq[l], h, qm.wq_m[l], qm.wq_s[l], 16).reshape(nh, hd)
+            k = self.gemv(qm.wk[l], h, qm.wk_m[l], qm.wk_s[l], 16).reshape(nkv, hd)
+            v = self.gemv(qm.wv[l], h, qm.wv_m[l], qm.wv_s[l], 8).reshape(nkv, hd)
+            q = self.rope(q, qm.rope_q_m[l], qm.rope_q_s[l])
+            k = self.rope(k, qm.rope_k_m[l], qm.rope_k_s[l])
+            self.k_cache[l, :, p] = k                                   # kv_write
+            self.v_cache[l, :, p] = v
+            o = np.empty((nh, hd), np.int8)
+            for hh in range(nh):
+                kv = hh // c.n_rep
+                K = self.k_cache[l, kv, : p + 1]
+                V = self.v_cache[l, kv, : p + 1]
+                sc = self.attn_scores(q[hh], K)
+                e, tot = self.softmax_num(sc, qm.exp_m[l], qm.exp_s[l])
+                o[hh] = self.attn_wsum(e, tot, V, qm.attn_m[l], qm.attn_s[l])
+            a = self.gemv(qm.wo[l], o.reshape(-1), qm.wo_m[l], qm.wo_s[l], 16)
+            x = self.residual(x, a)
+            # MLP block
+            h = self.rmsnorm(x, qm.norm2_m[l], qm.norm2_s[l])
+            g = self.gemv(qm.w_gate[l], h, qm.w_gate_m[l], qm.w_gate_s[l], 8)
+            u = self.gemv(qm.w_up[l], h, qm.w_up_m[l], qm.w_up_s[l], 16)
+            mid = self.swiglu(g, u, qm.silu[l], qm.mid_m[l], qm.mid_s[l])
+            d = self.gemv(qm.w_down[l], mid, qm.w_down_m[l], qm.w_down_s[l], 16)
+            x = self.residual(x, d)
+        h = self.rmsnorm(x, qm.normf_m, qm.normf_s)
+        logits = self.gemv(qm.lm_head, h, qm.lm_head_m, qm.lm_head_s, 32)
+        assert logits.dtype == np.int32
+        self.pos += 1
+        return logits
+
+    @staticmethod
+    def argmax(logits: np.ndarray) -> int:
+        return I.argmax_first(logits)
+
+
+# ---- model cache and entry points ------------------------------------------------------------
+
+_CACHE: dict[int, tuple] = {}
+
+
+def quantized(model) -> QuantModel:
+    """``model`` itself if already quantised, else its (cached) default quantisation."""
+    if isinstance(model, QuantModel):
+        return model
+    if not isinstance(model, LlamaModel):
+        raise TypeError(f"expected LlamaModel or QuantModel, got {type(model).__name__}")
+    key = id(model)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    qm = quantize(model)
+    _CACHE[key] = (weakref.ref(model, lambda _r, k=key: _CACHE.pop(k, None)), qm)
+    return qm
+
+
+def generate(model_or_qmodel, prompt_ids, n_tokens: int) -> list[int]:
+    """Greedy integer decode: prompt token by token, then ``n_tokens`` generated tokens."""
+    qm = quantized(model_or_qmodel)
+    prompt_ids = [int(t) for t in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("empty prompt")
+    if len(prompt_ids) + n_tokens - 1 > qm.config.max_seq_len:
+        raise ValueError(f"context overflow: prompt of {len(prompt_ids)} + {n_tokens} tokens "
+                         f"exceeds max_seq_len {qm.config.max_seq_len}")
+    dec = GoldenDecoder(qm)
+    logits = None
+    for t in prompt_ids:
+        logits = dec.step(t)
+    out = []
+    for i in range(n_tokens):
+        nxt = dec.argmax(logits)
+        out.append(nxt)
+        if i + 1 < n_tokens:
+            logits = dec.step(nxt)
+    return out
+
+
+def forward_logits(model_or_qmodel, ids) -> np.ndarray:
+    """Teacher-forced int32 logits, (T, vocab)."""
+    qm = quantized(model_or_qmodel)
+    dec = GoldenDecoder(qm)
+    return np.stack([dec.step(t) for t in ids]).astype(np.int32)
+
+
+def dequant_logits(qm: QuantModel, logits) -> np.ndarray:
+    """Float view of integer logits (evaluation only; not part of the integer path)."""
+    return np.asarray(logits, np.float64) * float(qm.scales["logit"])

@@ -1,0 +1,444 @@
+"""Post-training integer quantisation: float :class:`LlamaModel` -> :class:`QuantModel`.
+
+The scheme (DESIGN.md section 4) is chosen so that every step of the integer decode
+(``sw/golden.py``) is one PCU/PMU pattern with the bit widths of ``sw/intops.py``:
+
+=====================  ==========  ======================================================
+tensor                 type        scale
+=====================  ==========  ======================================================
+weights (all GEMVs)    int8        symmetric per output row: ``max|W[r]| / 127``; RMSNorm
+                                   gains are folded into the columns of the next GEMV's
+                                   weights (``W * g``) before quantisation
+residual stream x      int16       one static scale for the whole model (embeddings and
+                                   every residual), ``max|x| * X_MARGIN / 32767``
+embedding table        int16       residual scale (a gather produces x directly)
+RMSNorm output         int8        static per norm, calibrated (``ACT_PERCENTILE``)
+q, k before RoPE       int16       static per layer, max * 1.25
+q, k after RoPE        int8        static per layer, calibrated; k is the KV cache
+v                      int8        static per layer, calibrated; the KV cache
+attention output       int8        static per layer, calibrated
+SwiGLU gate            int8        static per layer (SiLU is a 256-entry table over it)
+SiLU(gate)             int16       from the table: ``max|silu| / 32767``
+SwiGLU up              int16       static per layer, max * 1.25
+silu*up (down input)   int8        static per layer, calibrated
+logits                 int32       ``max|logit| / 2**20`` (no saturation in practice)
+=====================  ==========  ======================================================
+
+Tables (built here, stored in the model): ``rsqrt`` (2**RSQRT_BITS entries of Q15), ``exp``
+(EXP_SIZE entries, ``exp(-i * 2**-EXP_FRAC)`` in Q``exp_bits``), ``recip`` (2**RECIP_BITS
+entries of Q15 mantissas), ``silu`` (256 int16 entries per layer, indexed by the raw byte
+of the int8 gate), ``rope_cos``/``rope_sin`` (int16 Q14, one row per position, one column per
+frequency). Rescaling is ``REQUANT(acc, m, s)`` with (m, s) from
+:func:`sw.intops.quantize_multiplier` (15-bit multiplier, shift 0..63).
+
+The KV cache is int8 (:data:`KV_BYTES` = 1): k after RoPE and v, per layer and KV head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import intops
+from .model import LlamaConfig, LlamaModel
+from .reference import FloatDecoder, rope_tables
+
+__all__ = ["KV_BYTES", "KV_BITS", "QuantModel", "calibrate", "quantize", "default_calib_ids",
+           "CALIB_TEXT", "save", "load"]
+
+KV_BITS = 8
+KV_BYTES = KV_BITS // 8          # bytes per KV-cache element (read by the compiler and CLI)
+
+RSQRT_BITS = 10                  # rsqrt table: 1024 entries (indices < 256 unused)
+RECIP_BITS = 10                  # reciprocal table: 1024 entries (indices < 512 unused)
+EXP_FRAC = 5                     # exp table step 2**-5 nats
+EXP_SIZE = 512                   # covers 0 .. 16 nats below the row maximum
+ROPE_FRAC = 14                   # cos/sin in Q14 int16
+X_MARGIN = 2.0                   # residual stream head-room over the calibrated maximum
+WIDE_MARGIN = 1.25               # head-room for int16 activations
+ACT_PERCENTILE = 100.0           # statistic for int8 activation scales (100 = max)
+LOGIT_FRAC = 20                  # logit scale = max|logit| / 2**20
+
+# Calibration text for models with a tokenizer: King James Bible, Genesis 1:1-19 and Psalm 23
+# (both in the training split of models/prepare_corpus.py: chapters 0 and 500).
+CALIB_TEXT = """In the beginning God created the heaven and the earth.
+And the earth was without form, and void; and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.
+And God said, Let there be light: and there was light.
+And God saw the light, that it was good: and God divided the light from the darkness.
+And God called the light Day, and the darkness he called Night. And the evening and the morning were the first day.
+And God said, Let there be a firmament in the midst of the waters, and let it divide the waters from the waters.
+And God made the firmament, and divided the waters which were under the firmament from the waters which were above the firmament: and it was so.
+And God called the firmament Heaven. And the evening and the morning were the second day.
+And God said, Let the waters under the heaven be gathered together unto one place, and let the dry land appear: and it was so.
+And God called the dry land Earth; and the gathering together of the waters called he Seas: and God saw that it was good.
+And God said, Let the earth bring forth grass, the herb yielding seed, and the fruit tree yielding fruit after his kind, whose seed is in itself, upon the earth: and it was so.
+And the earth brought forth grass, and herb yielding seed after his kind, and the tree yielding fruit, whose seed was in itself, after his kind: and God saw that it was good.
+And the evening and the morning were the third day.
+And God said, Let there be lights in the firmament of the heaven to divide the day from the night; and let them be for signs, and for seasons, and for days, and years:
+And let them be for lights in the firmament of the heaven to give light upon the earth: and it was so.
+And God made two great lights; the greater light to rule the day, and the lesser light to rule the night: he made the stars also.
+And God set them in the firmament of the heaven to give light upon the earth,
+And to rule over the day and over the night, and to divide the light from the darkness: and God saw that it was good.
+And the evening and the morning were the fourth day.
+
+The LORD is my shepherd; I shall not want.
+He maketh me to lie down in green pastures: he leadeth me beside the still waters.
+He restoreth my soul: he leadeth me in the paths of righteousness for his name's sake.
+Yea, though I walk through the valley of the shadow of death, I will fear no evil: for thou art with me; thy rod and thy staff they comfort me.
+Thou preparest a table before me in the presence of mine enemies: thou anointest my head with oil; my cup runneth over.
+Surely goodness and mercy shall follow me all the days of my life: and I will dwell in the house of the LORD for ever.
+"""
+
+CALIB_RANDOM_TOKENS = 384        # calibration length for models without a tokenizer
+CALIB_SEED = 1234
+
+_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+@dataclass
+class QuantModel:
+    """All integers of the quantised model. Per-layer tensors are stacked on axis 0.
+
+    ``(m, s)`` pairs are REQUANT multipliers/shifts (int32 arrays holding 15-bit / 6-bit
+    values). ``scales`` holds the float scales for reporting and dequantisation only; the
+    integer decode never reads it.
+    """
+    config: LlamaConfig
+    name: str
+    emb: np.ndarray            # (vocab, dim) int16, residual scale
+    # GEMV weights, int8 (L, out, in), and their per-row requant pairs (L, out)
+    wq: np.ndarray
+    wk: np.ndarray
+    wv: np.ndarray
+    wo: np.ndarray
+    w_gate: np.ndarray
+    w_up: np.ndarray
+    w_down: np.ndarray
+    wq_m: np.ndarray
+    wq_s: np.ndarray
+    wk_m: np.ndarray
+    wk_s: np.ndarray
+    wv_m: np.ndarray
+    wv_s: np.ndarray
+    wo_m: np.ndarray
+    wo_s: np.ndarray
+    w_gate_m: np.ndarray
+    w_gate_s: np.ndarray
+    w_up_m: np.ndarray
+    w_up_s: np.ndarray
+    w_down_m: np.ndarray
+    w_down_s: np.ndarray
+    # per-layer scalar requant pairs (L,)
+    norm1_m: np.ndarray        # RMSNorm before attention: x*rsqrt -> int8
+    norm1_s: np.ndarray
+    norm2_m: np.ndarray        # RMSNorm before the MLP
+    norm2_s: np.ndarray
+    rope_q_m: np.ndarray       # int16 q * Q14 cos/sin -> int8 q_rot
+    rope_q_s: np.ndarray
+    rope_k_m: np.ndarray
+    rope_k_s: np.ndarray
+    exp_m: np.ndarray          # (max - score) -> exp-table index
+    exp_s: np.ndarray
+    attn_m: np.ndarray         # s_v / s_attn_out, combined with 1/sum at run time
+    attn_s: np.ndarray
+    mid_m: np.ndarray          # silu16 * up16 -> int8
+    mid_s: np.ndarray
+    silu: np.ndarray           # (L, 256) int16, indexed by the raw byte of the int8 gate
+    # final norm and LM head
+    normf_m: int
+    normf_s: int
+    lm_head: np.ndarray        # (vocab, dim) int8 (final-norm gain folded in)
+    lm_head_m: np.ndarray      # (vocab,)
+    lm_head_s: np.ndarray
+    # shared tables
+    rsqrt: np.ndarray          # (2**RSQRT_BITS,) Q15
+    recip: np.ndarray          # (2**RECIP_BITS,) Q15 mantissas
+    exp: np.ndarray            # (EXP_SIZE,) Q exp_bits
+    rope_cos: np.ndarray       # (max_seq_len, head_dim/2) int16 Q14
+    rope_sin: np.ndarray
+    # integer constants
+    ss_shift: int              # x >> ss_shift before squaring (sum of squares fits int32)
+    eps_int: int               # eps in the sum-of-squares domain (>= 1)
+    exp_bits: int              # exp table is Q(exp_bits); exp(0) = 2**exp_bits
+    rsqrt_bits: int = RSQRT_BITS
+    recip_bits: int = RECIP_BITS
+    exp_frac: int = EXP_FRAC
+    kv_bits: int = KV_BITS
+    scales: dict = field(default_factory=dict)
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.config
+        return 2 * c.n_layers * c.kv_dim * self.kv_bits // 8
+
+    def weight_bytes(self) -> int:
+        return int(sum(getattr(self, k).size for k in _WEIGHTS) + self.lm_head.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration
+
+
+def default_calib_ids(model: LlamaModel) -> list[list[int]]:
+    """Calibration sequences: ``CALIB_TEXT`` through the model's tokenizer (BOS first), or
+    seeded random token ids for a model without one. Each sequence fits the context."""
+    c = model.config
+    tok = model.tokenizer
+    if tok is not None:
+        ids = list(tok.encode(CALIB_TEXT))
+        bos = getattr(tok, "bos_id", None)
+        head = [bos] if bos is not None else []
+        seqs = []
+        n = c.max_seq_len - len(head)
+        for i in range(0, len(ids), n):
+            seqs.append(head + ids[i:i + n])
+        return [s for s in seqs if all(0 <= t < c.vocab_size for t in s)] or _random_ids(c)
+    return _random_ids(c)
+
+
+def _random_ids(c: LlamaConfig) -> list[list[int]]:
+    rng = np.random.default_rng(CALIB_SEED)
+    ids = rng.integers(0, c.vocab_size, size=CALIB_RANDOM_TOKENS).tolist()
+    return [ids[i:i + c.max_seq_len] for i in range(0, len(ids), c.max_seq_len)]
+
+
+def _as_sequences(calib_ids, c: LlamaConfig) -> list[list[int]]:
+    if len(calib_ids) and np.ndim(calib_ids[0]) == 0:
+        calib_ids = [calib_ids]
+    seqs = []
+    for s in calib_ids:
+        s = [int(t) for t in s]
+        for i in range(0, len(s), c.max_seq_len):
+            if s[i:i + c.max_seq_len]:
+                seqs.append(s[i:i + c.max_seq_len])
+    if not seqs:
+        raise ValueError("calibration needs at least one token")
+    return seqs
+
+
+def calibrate(model: LlamaModel, calib_ids=None, percentile: float = ACT_PERCENTILE) -> dict:
+    """Run the float reference over the calibration tokens and return activation statistics.
+
+    Returns ``{name: array}`` with, per layer (shape ``(n_layers,)``) or per model (shape
+    ``()``), the ``percentile`` of |activation| (100 = max). ``x`` (residual stream) and the
+    int16 activations always use the max. ``calib_ids``: a list of ids or a list of sequences;
+    ``None`` uses :func:`default_calib_ids`.
+    """
+    c = model.config
+    seqs = _as_sequences(default_calib_ids(model) if calib_ids is None else calib_ids, c)
+    acc: dict[tuple, list] = {}
+
+    def obs(name, layer, arr):
+        acc.setdefault((name, layer), []).append(np.abs(np.asarray(arr, np.float32)).ravel())
+
+    dec = FloatDecoder(model, observer=obs)
+    for s in seqs:
+        dec.reset()
+        for t in s:
+            dec.step(t)
+    always_max = {"x", "q", "k", "up", "logits", "scores", "gate"}
+    stats: dict[str, np.ndarray] = {}
+    names = sorted({n for n, _ in acc})
+    for n in names:
+        layers = sorted(l for nn, l in acc if nn == n)
+        vals = []
+        for l in layers:
+            a = np.concatenate(acc[(n, l)])
+            p = 100.0 if n in always_max else percentile
+            vals.append(float(np.percentile(a, p)) if p < 100 else float(a.max()))
+        if n == "x":
+            stats[n] = np.array(max(vals))
+        elif layers == [-1]:
+            stats[n] = np.array(vals[0])
+        else:
+            stats[n] = np.array(vals)
+    stats["n_tokens"] = np.array(sum(len(s) for s in seqs))
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# quantisation
+
+
+def _quant_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 symmetric per output row: (q, scale) with ``w ~= q * scale[:, None]``."""
+    w = w.astype(np.float64)
+    amax = np.max(np.abs(w), axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _qm(ratios) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [intops.quantize_multiplier(float(r)) for r in np.ravel(ratios)]
+    m = np.array([p[0] for p in pairs], np.int32).reshape(np.shape(ratios))
+    s = np.array([p[1] for p in pairs], np.int32).reshape(np.shape(ratios))
+    return m, s
+
+
+def _pos(v: float, floor: float = 1e-8) -> float:
+    return max(float(v), floor)
+
+
+def make_rsqrt_table(bits: int = RSQRT_BITS) -> np.ndarray:
+    """T[i] = round(2**15 / sqrt((i + 0.5) / 2**(bits-2))) for i >= 2**(bits-2); 0 below."""
+    i = np.arange(1 << bits, dtype=np.float64)
+    t = np.where(i >= (1 << (bits - 2)), np.round(32768.0 / np.sqrt((i + 0.5) / (1 << (bits - 2)))), 0)
+    assert t.max() <= 32767
+    return t.astype(np.int32)
+
+
+def make_recip_table(bits: int = RECIP_BITS) -> np.ndarray:
+    """T[i] = round(2**(14+bits) / (i + 0.5)) for i >= 2**(bits-1); 0 below. Values < 2**15."""
+    i = np.arange(1 << bits, dtype=np.float64)
+    t = np.where(i >= (1 << (bits - 1)), np.round(2.0 ** (14 + bits) / (i + 0.5)), 0)
+    assert t.max() <= 32767
+    return t.astype(np.int32)
+
+
+def make_exp_table(exp_bits: int, size: int = EXP_SIZE, frac: int = EXP_FRAC) -> np.ndarray:
+    """T[i] = round(2**exp_bits * exp(-i / 2**frac)); T[0] = 2**exp_bits."""
+    i = np.arange(size, dtype=np.float64)
+    return np.round((1 << exp_bits) * np.exp(-i / (1 << frac))).astype(np.int32)
+
+
+def exp_bits_for(max_seq_len: int, v_bits: int = KV_BITS) -> int:
+    """Largest Q format (<= 15) such that sum_t exp_t * v_t stays within int32:
+    ``max_seq_len * 2**exp_bits * 2**(v_bits-1) < 2**31``."""
+    b = 30 - (v_bits - 1) - math.ceil(math.log2(max_seq_len))
+    b = min(15, b)
+    if b < 8:
+        raise ValueError(f"max_seq_len {max_seq_len} too long for an int32 softmax accumulator")
+    return b
+
+
+def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCENTILE,
+             stats: dict | None = None) -> QuantModel:
+    """Quantise ``model`` (calibrating on ``calib_ids``, default :func:`default_calib_ids`)."""
+    model.validate()
+    c = model.config
+    st = stats if stats is not None else calibrate(model, calib_ids, percentile)
+    nl, hd = c.n_layers, c.head_dim
+    f = lambda k: np.asarray(st[k], np.float64)
+
+    # residual stream, shared by the embedding table and every residual add
+    x_max = max(float(st["x"]), float(np.abs(model.tok_embeddings).max()))
+    s_x = _pos(x_max * X_MARGIN / 32767)
+    emb = np.clip(np.round(model.tok_embeddings.astype(np.float64) / s_x), -32767, 32767).astype(np.int16)
+
+    # sum-of-squares pre-shift: dim * (2**15 >> sh)**2 must fit int32
+    sh = 0
+    while c.dim * (32768 >> sh) ** 2 > (1 << 31) - 1:
+        sh += 1
+    eps_int = max(1, int(round(c.norm_eps * c.dim / (s_x * (1 << sh)) ** 2)))
+
+    def norm_pair(s_out):
+        # y = x * T * sqrt(dim) / (2**sh * s_out) * 2**-15 * 2**-half_k
+        return intops.quantize_multiplier(math.sqrt(c.dim) / ((1 << sh) * s_out) / 32768.0)
+
+    s_h1 = np.maximum(f("h_attn") / 127, 1e-8)
+    s_h2 = np.maximum(f("h_ffn") / 127, 1e-8)
+    s_q = np.maximum(f("q") * WIDE_MARGIN / 32767, 1e-8)
+    s_k = np.maximum(f("k") * WIDE_MARGIN / 32767, 1e-8)
+    s_qr = np.maximum(f("q_rot") / 127, 1e-8)
+    s_kr = np.maximum(f("k_rot") / 127, 1e-8)
+    s_v = np.maximum(f("v") / 127, 1e-8)
+    s_o = np.maximum(f("attn_out") / 127, 1e-8)
+    s_g = np.maximum(f("gate") / 127, 1e-8)
+    s_u = np.maximum(f("up") * WIDE_MARGIN / 32767, 1e-8)
+    s_mid = np.maximum(f("mid") / 127, 1e-8)
+    s_hf = _pos(float(st["h_final"]) / 127)
+    s_logit = _pos(float(st["logits"]) / (1 << LOGIT_FRAC))
+
+    W = {k: [] for k in _WEIGHTS}
+    MS = {k: ([], []) for k in _WEIGHTS}
+    silu = []
+    n1, n2, rq, rk, ex, at, md = ([] for _ in range(7))
+    g_tab = np.arange(256)
+    g_val = np.where(g_tab < 128, g_tab, g_tab - 256).astype(np.float64)   # raw byte -> int8
+    for l, L in enumerate(model.layers):
+        g1 = L.attn_norm.astype(np.float64)[None, :]
+        g2 = L.ffn_norm.astype(np.float64)[None, :]
+        src = {"wq": (L.wq * g1, s_h1[l], s_q[l]), "wk": (L.wk * g1, s_h1[l], s_k[l]),
+               "wv": (L.wv * g1, s_h1[l], s_v[l]), "wo": (L.wo, s_o[l], s_x),
+               "w_gate": (L.w_gate * g2, s_h2[l], s_g[l]), "w_up": (L.w_up * g2, s_h2[l], s_u[l]),
+               "w_down": (L.w_down, s_mid[l], s_x)}
+        for k, (w, s_in, s_out) in src.items():
+            q, sc = _quant_rows(w)
+            m, s = _qm(sc * s_in / s_out)
+            W[k].append(q)
+            MS[k][0].append(m)
+            MS[k][1].append(s)
+        n1.append(norm_pair(s_h1[l]))
+        n2.append(norm_pair(s_h2[l]))
+        rq.append(intops.quantize_multiplier(s_q[l] / (1 << ROPE_FRAC) / s_qr[l]))
+        rk.append(intops.quantize_multiplier(s_k[l] / (1 << ROPE_FRAC) / s_kr[l]))
+        ex.append(intops.quantize_multiplier(s_qr[l] * s_kr[l] / math.sqrt(hd) * (1 << EXP_FRAC)))
+        at.append(intops.quantize_multiplier(s_v[l] / s_o[l]))
+        gv = g_val * s_g[l]
+        sv = gv / (1.0 + np.exp(-gv))
+        s_silu = _pos(np.abs(sv).max() / 32767)
+        silu.append(np.clip(np.round(sv / s_silu), -32767, 32767).astype(np.int16))
+        md.append(intops.quantize_multiplier(s_silu * s_u[l] / s_mid[l]))
+
+    pair = lambda lst: (np.array([p[0] for p in lst], np.int32), np.array([p[1] for p in lst], np.int32))
+    lm_q, lm_sc = _quant_rows(model.lm_head.astype(np.float64) * model.norm.astype(np.float64)[None, :])
+    lm_m, lm_s = _qm(lm_sc * s_hf / s_logit)
+    nf_m, nf_s = norm_pair(s_hf)
+    cos, sin = rope_tables(c.max_seq_len, hd, c.rope_theta)
+    eb = exp_bits_for(c.max_seq_len)
+    kw = {}
+    for k in _WEIGHTS:
+        kw[k] = np.stack(W[k])
+        kw[k + "_m"] = np.stack(MS[k][0])
+        kw[k + "_s"] = np.stack(MS[k][1])
+    for name, lst in (("norm1", n1), ("norm2", n2), ("rope_q", rq), ("rope_k", rk), ("exp", ex),
+                      ("attn", at), ("mid", md)):
+        kw[name + "_m"], kw[name + "_s"] = pair(lst)
+    scales = {"x": s_x, "h_attn": s_h1.tolist(), "h_ffn": s_h2.tolist(), "q": s_q.tolist(),
+              "k": s_k.tolist(), "q_rot": s_qr.tolist(), "k_rot": s_kr.tolist(), "v": s_v.tolist(),
+              "attn_out": s_o.tolist(), "gate": s_g.tolist(), "up": s_u.tolist(),
+              "mid": s_mid.tolist(), "h_final": s_hf, "logit": s_logit,
+              "calib_tokens": int(st["n_tokens"]), "percentile": percentile}
+    return QuantModel(
+        config=c, name=model.name, emb=emb, **kw, silu=np.stack(silu),
+        normf_m=int(nf_m), normf_s=int(nf_s), lm_head=lm_q, lm_head_m=lm_m, lm_head_s=lm_s,
+        rsqrt=make_rsqrt_table(), recip=make_recip_table(), exp=make_exp_table(eb),
+        rope_cos=np.round(cos.astype(np.float64) * (1 << ROPE_FRAC)).astype(np.int16),
+        rope_sin=np.round(sin.astype(np.float64) * (1 << ROPE_FRAC)).astype(np.int16),
+        ss_shift=sh, eps_int=eps_int, exp_bits=eb, scales=scales)
+
+
+# ---------------------------------------------------------------------------------------------
+# serialisation
+
+
+def save(qm: QuantModel, path) -> None:
+    """Write ``qm`` to an ``.npz``: every array as itself, the rest as JSON in ``__meta__``."""
+    arrays, meta = {}, {}
+    for fld in dataclasses.fields(qm):
+        v = getattr(qm, fld.name)
+        if isinstance(v, np.ndarray):
+            arrays[fld.name] = v
+        elif isinstance(v, LlamaConfig):
+            meta[fld.name] = dataclasses.asdict(v)
+        else:
+            meta[fld.name] = v
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load(path) -> QuantModel:
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["__meta__"]).decode())
+        arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    meta["config"] = LlamaConfig(**meta["config"])
+    return QuantModel(**meta, **arrays)
+
+
+QuantModel.save = save
+QuantModel.load = staticmethod(load)
