@@ -329,6 +329,11 @@ def test_hf_tokenizer_json(tmp_path):
     save_hf(back, tmp_path / "t2")
     assert (tmp_path / "t2" / "tokenizer.json").read_text() == \
         (tmp_path / "t" / "tokenizer.json").read_text()
+    small = random_model(LlamaConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32,
+                                     vocab_size=tok.vocab_size - 1, max_seq_len=8))
+    save_hf(small, tmp_path / "t3", tokenizer_json=tmp_path / "t" / "tokenizer.json")
+    assert f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary has only" \
+        in _load_err(tmp_path / "t3")
     (tmp_path / "t" / "tokenizer.json").write_text("{broken")
     assert "cannot load tokenizer" in _load_err(tmp_path / "t")
 

@@ -263,6 +263,10 @@ def load_hf(folder, name: str | None = None) -> LlamaModel:
     if tok_path.is_file():
         model.tokenizer = load_tokenizer_json(tok_path)
         model.meta["tokenizer_path"] = str(tok_path)
+        n_tok = getattr(model.tokenizer, "vocab_size", 0)
+        if n_tok > c.vocab_size:       # a larger (padded) model vocabulary is fine
+            raise ModelFormatError(f"{tok_path}: the tokenizer has {n_tok} tokens but the model's "
+                                   f"vocabulary has only {c.vocab_size}")
     try:
         model.validate()
     except ValueError as e:
