@@ -54,8 +54,9 @@ __all__ = ["GoldenDecoder", "generate", "forward_logits", "quantized", "dequant_
 class GoldenDecoder:
     """Integer decoder with an int8 KV cache. ``step(token)`` returns int32 logits."""
 
-    def __init__(self, qm: QuantModel):
+    def __init__(self, qm: QuantModel, trace=None):
         self.qm = qm
+        self.trace = trace          # optional trace(name, layer, int array): per-pattern dumps
         self.config = c = qm.config
         shape = (c.n_layers, c.n_kv_heads, c.max_seq_len, c.head_dim)
         self.k_cache = np.zeros(shape, np.int8)
@@ -66,6 +67,10 @@ class GoldenDecoder:
         self.k_cache[:] = 0
         self.v_cache[:] = 0
         self.pos = 0
+
+    def _t(self, name, layer, arr):
+        if self.trace is not None:
+            self.trace(name, layer, arr)
 
     # ---- the patterns ---------------------------------------------------------------------
     def embed(self, token_id: int) -> np.ndarray:
@@ -95,25 +100,31 @@ class GoldenDecoder:
         return np.concatenate([I.requant(y1, m, s, 8), I.requant(y2, m, s, 8)], axis=-1)
 
     def attn_scores(self, q8: np.ndarray, K: np.ndarray) -> np.ndarray:
-        """q8: (hd,), K: (T, hd) int8 -> (T,) int32."""
-        return I.dot(q8[None, :], K, axis=-1)
+        """q8: (heads, hd), K: (heads, T, hd) int8 -> (heads, T) int32 (one DP4 row per t)."""
+        return I.dot(q8[:, None, :], K, axis=-1)
 
     def softmax_num(self, scores: np.ndarray, m: int, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """Unnormalised softmax numerators (table units) and their sum."""
+        """Unnormalised softmax numerators (exp-table units) per head, and their sums.
+
+        scores: (heads, T) int32 -> e: (heads, T) int32 in [0, 2**exp_bits], sum: (heads,).
+        """
         qm = self.qm
-        mx = np.max(scores)
+        mx = np.max(scores, axis=-1, keepdims=True)
         d = I.check_range(mx.astype(np.int64) - scores, 32, "score difference")
         idx = np.minimum(I.requant(d, m, s, 16).astype(np.int64), qm.exp.shape[0] - 1)
         e = I.lut(qm.exp, idx)
-        return e, I.check_range(np.sum(e), 32, "softmax sum")
+        return e, I.check_range(np.sum(e, axis=-1), 32, "softmax sum")
 
-    def attn_wsum(self, e: np.ndarray, total, V: np.ndarray, m: int, s: int) -> np.ndarray:
-        """sum_t e_t V[t] / total, requantised to int8 (reciprocal by table)."""
+    def attn_wsum(self, e: np.ndarray, total: np.ndarray, V: np.ndarray, m: int, s: int) -> np.ndarray:
+        """(sum_t e_t V[t]) times 1/total, requantised to int8; the reciprocal is a table.
+
+        e: (heads, T), total: (heads,), V: (heads, T, hd) -> (heads, hd) int8.
+        """
         qm = self.qm
-        acc = I.dot(e[:, None], V, axis=0)                              # (hd,) int32
-        ri, E = I.recip_index(total, qm.recip_bits)
+        acc = I.dot(e[:, :, None], V, axis=1)                           # (heads, hd) int32
+        ri, E = I.recip_index(total, qm.recip_bits)                     # per head (scalar path)
         mh = I.rshift_round(I.mul(I.lut(qm.recip, ri), m), 15)
-        return I.requant(acc, mh, int(s) + int(E), 8)
+        return I.requant(acc, mh[:, None], (int(s) + E)[:, None], 8)
 
     def swiglu(self, g8: np.ndarray, u16: np.ndarray, silu_table: np.ndarray, m: int, s: int):
         sg = I.lut(silu_table, I.int8_lut_index(g8))
@@ -133,36 +144,50 @@ class GoldenDecoder:
             raise ValueError(f"token id {token_id} outside vocabulary of size {c.vocab_size}")
         p, hd, nh, nkv = self.pos, c.head_dim, c.n_heads, c.n_kv_heads
         x = self.embed(token_id)
+        self._t("x", -1, x)
         for l in range(c.n_layers):
             # attention block
             h = self.rmsnorm(x, qm.norm1_m[l], qm.norm1_s[l])
+            self._t("h_attn", l, h)
             q = self.gemv(qm.wq[l], h, qm.wq_m[l], qm.wq_s[l], 16).reshape(nh, hd)
             k = self.gemv(qm.wk[l], h, qm.wk_m[l], qm.wk_s[l], 16).reshape(nkv, hd)
             v = self.gemv(qm.wv[l], h, qm.wv_m[l], qm.wv_s[l], 8).reshape(nkv, hd)
+            self._t("q", l, q)
+            self._t("k", l, k)
+            self._t("v", l, v)
             q = self.rope(q, qm.rope_q_m[l], qm.rope_q_s[l])
             k = self.rope(k, qm.rope_k_m[l], qm.rope_k_s[l])
+            self._t("q_rot", l, q)
+            self._t("k_rot", l, k)
             self.k_cache[l, :, p] = k                                   # kv_write
             self.v_cache[l, :, p] = v
-            o = np.empty((nh, hd), np.int8)
-            for hh in range(nh):
-                kv = hh // c.n_rep
-                K = self.k_cache[l, kv, : p + 1]
-                V = self.v_cache[l, kv, : p + 1]
-                sc = self.attn_scores(q[hh], K)
-                e, tot = self.softmax_num(sc, qm.exp_m[l], qm.exp_s[l])
-                o[hh] = self.attn_wsum(e, tot, V, qm.attn_m[l], qm.attn_s[l])
+            kv_of = np.arange(nh) // c.n_rep                          # GQA: head -> KV head
+            K = self.k_cache[l, kv_of, : p + 1]                         # (nh, T, hd)
+            V = self.v_cache[l, kv_of, : p + 1]
+            sc = self.attn_scores(q, K)
+            e, tot = self.softmax_num(sc, qm.exp_m[l], qm.exp_s[l])
+            o = self.attn_wsum(e, tot, V, qm.attn_m[l], qm.attn_s[l])
+            self._t("attn_out", l, o)
             a = self.gemv(qm.wo[l], o.reshape(-1), qm.wo_m[l], qm.wo_s[l], 16)
             x = self.residual(x, a)
+            self._t("x", l, x)
             # MLP block
             h = self.rmsnorm(x, qm.norm2_m[l], qm.norm2_s[l])
+            self._t("h_ffn", l, h)
             g = self.gemv(qm.w_gate[l], h, qm.w_gate_m[l], qm.w_gate_s[l], 8)
             u = self.gemv(qm.w_up[l], h, qm.w_up_m[l], qm.w_up_s[l], 16)
             mid = self.swiglu(g, u, qm.silu[l], qm.mid_m[l], qm.mid_s[l])
+            self._t("gate", l, g)
+            self._t("up", l, u)
+            self._t("mid", l, mid)
             d = self.gemv(qm.w_down[l], mid, qm.w_down_m[l], qm.w_down_s[l], 16)
             x = self.residual(x, d)
+            self._t("x", l, x)
         h = self.rmsnorm(x, qm.normf_m, qm.normf_s)
+        self._t("h_final", -1, h)
         logits = self.gemv(qm.lm_head, h, qm.lm_head_m, qm.lm_head_s, 32)
         assert logits.dtype == np.int32
+        self._t("logits", -1, logits)
         self.pos += 1
         return logits
 
