@@ -11,8 +11,9 @@ step (method)         integer semantics                            pattern / uni
                                                                    one row from HBM into a PMU
 ``rmsnorm``           ss = SUM((x >>r sh)^2) (int32);              RMSNorm: PCU MUL + SUM reduce;
                       v = ss + eps; (idx, hk) = rsqrt_index(v);    scalar CLZ/shift; PMU LUT;
-                      r = RSQRT[idx]; y = REQUANT(x*r, m, s+hk, 8) PCU MUL + REQUANT (gain folded
-                                                                   into the next GEMV)
+                      r = RSQRT[idx];                              PCU MUL + per-channel REQUANT
+                      y_c = REQUANT(x_c*r, m_c, s_c+hk, 8)         (m_c holds |gain_c|, or the
+                                                                   gain is folded into the GEMV)
 ``gemv``              acc = W8 @ x8 (int32);                       GEMV: DP4 lanes + SUM reduce,
                       y = REQUANT(acc, m[row], s[row], bits)       per-row (m, s) from a PMU
 ``rope``              y1 = REQUANT(x1*C - x2*S, m, s, 8),          RoPE: PCU MUL/SUB/ADD on int16
@@ -76,14 +77,15 @@ class GoldenDecoder:
     def embed(self, token_id: int) -> np.ndarray:
         return I.lut(self.qm.emb, np.int64(token_id)).astype(np.int16)
 
-    def rmsnorm(self, x: np.ndarray, m: int, s: int) -> np.ndarray:
+    def rmsnorm(self, x: np.ndarray, m: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """x: (dim,) int16 -> (dim,) int8; m, s per channel (the gain, when not folded)."""
         qm = self.qm
         xs = I.rshift_round(I.check_range(x, 16, "rmsnorm input"), qm.ss_shift)
         ss = I.check_range(np.sum(xs * xs), 32, "sum of squares")
         v = I.check_range(ss + qm.eps_int, 32, "mean square")
         idx, half_k = I.rsqrt_index(v, qm.rsqrt_bits)
         r = I.lut(qm.rsqrt, idx)
-        return I.requant(I.mul(x, r), m, int(s) + int(half_k), 8)
+        return I.requant(I.mul(x, r), m, I.as_int(s) + half_k, 8)
 
     @staticmethod
     def gemv(w, x, m, s, bits: int) -> np.ndarray:

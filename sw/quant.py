@@ -61,6 +61,7 @@ ROPE_FRAC = 14                   # cos/sin in Q14 int16
 X_MARGIN = 2.0                   # residual stream head-room over the calibrated maximum
 WIDE_MARGIN = 1.25               # head-room for int16 activations
 ACT_PERCENTILE = 100.0           # statistic for int8 activation scales (100 = max)
+NORM_FOLD = "auto"               # RMSNorm gain: True fold into weights, False per channel, auto
 LOGIT_FRAC = 20                  # logit scale = max|logit| / 2**20
 
 # Calibration text for models with a tokenizer: King James Bible, Genesis 1:1-19 and Psalm 23
@@ -132,11 +133,12 @@ class QuantModel:
     w_up_s: np.ndarray
     w_down_m: np.ndarray
     w_down_s: np.ndarray
-    # per-layer scalar requant pairs (L,)
-    norm1_m: np.ndarray        # RMSNorm before attention: x*rsqrt -> int8
+    # RMSNorm per-channel requant pairs (L, dim): x*rsqrt -> int8 (gain applied or folded)
+    norm1_m: np.ndarray        # before attention
     norm1_s: np.ndarray
-    norm2_m: np.ndarray        # RMSNorm before the MLP
+    norm2_m: np.ndarray        # before the MLP
     norm2_s: np.ndarray
+    # per-layer scalar requant pairs (L,)
     rope_q_m: np.ndarray       # int16 q * Q14 cos/sin -> int8 q_rot
     rope_q_s: np.ndarray
     rope_k_m: np.ndarray
@@ -149,8 +151,8 @@ class QuantModel:
     mid_s: np.ndarray
     silu: np.ndarray           # (L, 256) int16, indexed by the raw byte of the int8 gate
     # final norm and LM head
-    normf_m: int
-    normf_s: int
+    normf_m: np.ndarray        # (dim,)
+    normf_s: np.ndarray
     lm_head: np.ndarray        # (vocab, dim) int8 (final-norm gain folded in)
     lm_head_m: np.ndarray      # (vocab,)
     lm_head_s: np.ndarray
@@ -335,12 +337,30 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         sh += 1
     eps_int = max(1, int(round(c.norm_eps * c.dim / (s_x * (1 << sh)) ** 2)))
 
-    def norm_pair(s_out):
-        # y = x * T * sqrt(dim) / (2**sh * s_out) * 2**-15 * 2**-half_k
-        return intops.quantize_multiplier(math.sqrt(c.dim) / ((1 << sh) * s_out) / 32768.0)
+    def norm_setup(g, xhat_max, xg_max, consumers):
+        """Per-channel (m, s) of an RMSNorm, its output scale and the column factor for the
+        consuming weights. y_c = x_c * T * |g_c|' * sqrt(dim) / (2**sh * s_out) * 2**-15 *
+        2**-half_k, where the gain is either folded into the consumers' columns (|g_c|' = 1,
+        columns times g) or applied here per channel (|g_c|' = |g_c|, columns times sign(g)).
+        'auto' picks the option with the smaller estimated output quantisation noise."""
+        g = g.astype(np.float64)
+        col2 = sum(np.sum(w.astype(np.float64) ** 2, axis=0) for w in consumers)
+        noise_fold = xhat_max ** 2 * float(np.sum(g * g * col2))
+        noise_apply = xg_max ** 2 * float(np.sum(col2))
+        fold = NORM_FOLD if isinstance(NORM_FOLD, bool) else bool(noise_fold <= noise_apply)
+        s_out = _pos((xhat_max if fold else xg_max) / 127)
+        gain = np.ones_like(g) if fold else np.abs(g)
+        m, s_ = _qm(gain * math.sqrt(c.dim) / ((1 << sh) * s_out) / 32768.0)
+        col = g if fold else np.where(g < 0, -1.0, 1.0)
+        return fold, s_out, m, s_, col
 
-    s_h1 = np.maximum(f("h_attn") / 127, 1e-8)
-    s_h2 = np.maximum(f("h_ffn") / 127, 1e-8)
+    norms1 = [norm_setup(L.attn_norm, f("h_attn")[l], f("h_attn_g")[l], (L.wq, L.wk, L.wv))
+              for l, L in enumerate(model.layers)]
+    norms2 = [norm_setup(L.ffn_norm, f("h_ffn")[l], f("h_ffn_g")[l], (L.w_gate, L.w_up))
+              for l, L in enumerate(model.layers)]
+    normf = norm_setup(model.norm, float(st["h_final"]), float(st["h_final_g"]), (model.lm_head,))
+    s_h1 = np.array([n[1] for n in norms1])
+    s_h2 = np.array([n[1] for n in norms2])
     s_q = np.maximum(f("q") * WIDE_MARGIN / 32767, 1e-8)
     s_k = np.maximum(f("k") * WIDE_MARGIN / 32767, 1e-8)
     s_qr = np.maximum(f("q_rot") / 127, 1e-8)
@@ -350,18 +370,18 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
     s_g = np.maximum(f("gate") / 127, 1e-8)
     s_u = np.maximum(f("up") * WIDE_MARGIN / 32767, 1e-8)
     s_mid = np.maximum(f("mid") / 127, 1e-8)
-    s_hf = _pos(float(st["h_final"]) / 127)
+    s_hf = normf[1]
     s_logit = _pos(float(st["logits"]) / (1 << LOGIT_FRAC))
 
     W = {k: [] for k in _WEIGHTS}
     MS = {k: ([], []) for k in _WEIGHTS}
     silu = []
-    n1, n2, rq, rk, ex, at, md = ([] for _ in range(7))
+    rq, rk, ex, at, md = ([] for _ in range(5))
     g_tab = np.arange(256)
     g_val = np.where(g_tab < 128, g_tab, g_tab - 256).astype(np.float64)   # raw byte -> int8
     for l, L in enumerate(model.layers):
-        g1 = L.attn_norm.astype(np.float64)[None, :]
-        g2 = L.ffn_norm.astype(np.float64)[None, :]
+        g1 = norms1[l][4][None, :]
+        g2 = norms2[l][4][None, :]
         src = {"wq": (L.wq * g1, s_h1[l], s_q[l]), "wk": (L.wk * g1, s_h1[l], s_k[l]),
                "wv": (L.wv * g1, s_h1[l], s_v[l]), "wo": (L.wo, s_o[l], s_x),
                "w_gate": (L.w_gate * g2, s_h2[l], s_g[l]), "w_up": (L.w_up * g2, s_h2[l], s_u[l]),
@@ -372,8 +392,6 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
             W[k].append(q)
             MS[k][0].append(m)
             MS[k][1].append(s)
-        n1.append(norm_pair(s_h1[l]))
-        n2.append(norm_pair(s_h2[l]))
         rq.append(intops.quantize_multiplier(s_q[l] / (1 << ROPE_FRAC) / s_qr[l]))
         rk.append(intops.quantize_multiplier(s_k[l] / (1 << ROPE_FRAC) / s_kr[l]))
         ex.append(intops.quantize_multiplier(s_qr[l] * s_kr[l] / math.sqrt(hd) * (1 << EXP_FRAC)))
@@ -385,9 +403,8 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         md.append(intops.quantize_multiplier(s_silu * s_u[l] / s_mid[l]))
 
     pair = lambda lst: (np.array([p[0] for p in lst], np.int32), np.array([p[1] for p in lst], np.int32))
-    lm_q, lm_sc = _quant_rows(model.lm_head.astype(np.float64) * model.norm.astype(np.float64)[None, :])
+    lm_q, lm_sc = _quant_rows(model.lm_head.astype(np.float64) * normf[4][None, :])
     lm_m, lm_s = _qm(lm_sc * s_hf / s_logit)
-    nf_m, nf_s = norm_pair(s_hf)
     cos, sin = rope_tables(c.max_seq_len, hd, c.rope_theta)
     eb = exp_bits_for(c.max_seq_len)
     kw = {}
@@ -395,17 +412,23 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         kw[k] = np.stack(W[k])
         kw[k + "_m"] = np.stack(MS[k][0])
         kw[k + "_s"] = np.stack(MS[k][1])
-    for name, lst in (("norm1", n1), ("norm2", n2), ("rope_q", rq), ("rope_k", rk), ("exp", ex),
+    kw["norm1_m"] = np.stack([n[2] for n in norms1])
+    kw["norm1_s"] = np.stack([n[3] for n in norms1])
+    kw["norm2_m"] = np.stack([n[2] for n in norms2])
+    kw["norm2_s"] = np.stack([n[3] for n in norms2])
+    for name, lst in (("rope_q", rq), ("rope_k", rk), ("exp", ex),
                       ("attn", at), ("mid", md)):
         kw[name + "_m"], kw[name + "_s"] = pair(lst)
     scales = {"x": s_x, "h_attn": s_h1.tolist(), "h_ffn": s_h2.tolist(), "q": s_q.tolist(),
               "k": s_k.tolist(), "q_rot": s_qr.tolist(), "k_rot": s_kr.tolist(), "v": s_v.tolist(),
               "attn_out": s_o.tolist(), "gate": s_g.tolist(), "up": s_u.tolist(),
               "mid": s_mid.tolist(), "h_final": s_hf, "logit": s_logit,
-              "calib_tokens": int(st["n_tokens"]), "percentile": percentile}
+              "calib_tokens": int(st["n_tokens"]), "percentile": percentile,
+              "norm_folded": {"attn": [n[0] for n in norms1], "ffn": [n[0] for n in norms2],
+                              "final": normf[0]}}
     return QuantModel(
         config=c, name=model.name, emb=emb, **kw, silu=np.stack(silu),
-        normf_m=int(nf_m), normf_s=int(nf_s), lm_head=lm_q, lm_head_m=lm_m, lm_head_s=lm_s,
+        normf_m=normf[2], normf_s=normf[3], lm_head=lm_q, lm_head_m=lm_m, lm_head_s=lm_s,
         rsqrt=make_rsqrt_table(), recip=make_recip_table(), exp=make_exp_table(eb),
         rope_cos=np.round(cos.astype(np.float64) * (1 << ROPE_FRAC)).astype(np.int16),
         rope_sin=np.round(sin.astype(np.float64) * (1 << ROPE_FRAC)).astype(np.int16),

@@ -90,6 +90,7 @@ class FloatDecoder:
             hn = _rmsnorm(x, c.norm_eps)
             self._obs("h_attn", li, hn)
             h = hn * L.attn_norm
+            self._obs("h_attn_g", li, h)
             q = (L.wq @ h).reshape(nh, hd)
             k = (L.wk @ h).reshape(nkv, hd)
             v = (L.wv @ h).reshape(nkv, hd)
@@ -118,6 +119,7 @@ class FloatDecoder:
             hn = _rmsnorm(x, c.norm_eps)
             self._obs("h_ffn", li, hn)
             h = hn * L.ffn_norm
+            self._obs("h_ffn_g", li, h)
             g = L.w_gate @ h
             u = L.w_up @ h
             self._obs("gate", li, g)
@@ -128,7 +130,9 @@ class FloatDecoder:
             self._obs("x", li, x)
         hn = _rmsnorm(x, c.norm_eps)
         self._obs("h_final", -1, hn)
-        logits = (m.lm_head @ (hn * m.norm)).astype(f32)
+        h = hn * m.norm
+        self._obs("h_final_g", -1, h)
+        logits = (m.lm_head @ h).astype(f32)
         self._obs("logits", -1, logits)
         self.pos += 1
         return logits
