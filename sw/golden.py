@@ -85,21 +85,22 @@ class GoldenDecoder:
         v = I.check_range(ss + qm.eps_int, 32, "mean square")
         idx, half_k = I.rsqrt_index(v, qm.rsqrt_bits)
         r = I.lut(qm.rsqrt, idx)
-        return I.requant(I.mul(x, r), m, I.as_int(s) + half_k, 8)
+        return I.requant(I.mul(x, r), m, I.as_int(s) + half_k, qm.act_bits["norm"])
 
     @staticmethod
     def gemv(w, x, m, s, bits: int) -> np.ndarray:
-        return I.requant(I.gemv(w, x), m, s, bits)
+        x_bits = 8 if x.dtype == np.int8 else 16
+        return I.requant(I.gemv(w, x, x_bits), m, s, bits)
 
-    def rope(self, x16: np.ndarray, m: int, s: int) -> np.ndarray:
-        """x16: (heads, hd) int16 -> int8, rotate_half pairs (j, j + hd/2)."""
+    def rope(self, x16: np.ndarray, m: int, s: int, bits: int = 8) -> np.ndarray:
+        """x16: (heads, hd) int16 -> int8 (or ``bits``), rotate_half pairs (j, j + hd/2)."""
         h = x16.shape[-1] // 2
         cos = self.qm.rope_cos[self.pos]
         sin = self.qm.rope_sin[self.pos]
         x1, x2 = x16[:, :h], x16[:, h:]
         y1 = I.check_range(I.mul(x1, cos).astype(np.int64) - I.mul(x2, sin), 32, "rope")
         y2 = I.check_range(I.mul(x2, cos).astype(np.int64) + I.mul(x1, sin), 32, "rope")
-        return np.concatenate([I.requant(y1, m, s, 8), I.requant(y2, m, s, 8)], axis=-1)
+        return np.concatenate([I.requant(y1, m, s, bits), I.requant(y2, m, s, bits)], axis=-1)
 
     def attn_scores(self, q8: np.ndarray, K: np.ndarray) -> np.ndarray:
         """q8: (heads, hd), K: (heads, T, hd) int8 -> (heads, T) int32 (one DP4 row per t)."""
@@ -126,11 +127,11 @@ class GoldenDecoder:
         acc = I.dot(e[:, :, None], V, axis=1)                           # (heads, hd) int32
         ri, E = I.recip_index(total, qm.recip_bits)                     # per head (scalar path)
         mh = I.rshift_round(I.mul(I.lut(qm.recip, ri), m), 15)
-        return I.requant(acc, mh[:, None], (int(s) + E)[:, None], 8)
+        return I.requant(acc, mh[:, None], (int(s) + E)[:, None], qm.act_bits["attn_out"])
 
     def swiglu(self, g8: np.ndarray, u16: np.ndarray, silu_table: np.ndarray, m: int, s: int):
         sg = I.lut(silu_table, I.int8_lut_index(g8))
-        return I.requant(I.mul(sg, I.check_range(u16, 16, "up")), m, s, 8)
+        return I.requant(I.mul(sg, I.check_range(u16, 16, "up")), m, s, self.qm.act_bits["mid"])
 
     @staticmethod
     def residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -157,7 +158,7 @@ class GoldenDecoder:
             self._t("q", l, q)
             self._t("k", l, k)
             self._t("v", l, v)
-            q = self.rope(q, qm.rope_q_m[l], qm.rope_q_s[l])
+            q = self.rope(q, qm.rope_q_m[l], qm.rope_q_s[l], qm.act_bits["q_rot"])
             k = self.rope(k, qm.rope_k_m[l], qm.rope_k_s[l])
             self._t("q_rot", l, q)
             self._t("k_rot", l, k)

@@ -13,7 +13,9 @@ op                  semantics
 ==================  ======================================================================
 ``dp4``             4 x (int8 * int8) summed into an int32 accumulator (per lane, per cycle).
                     A GEMV row is a sum of DP4s plus a cross-lane SUM reduction; the result
-                    must fit int32 (checked: ``gemv``).
+                    must fit int32 (checked: ``gemv``). A GEMV with int16 activations also
+                    needs ``dp4u`` (int8 weight x *unsigned* byte, as x86 VNNI's vpdpbusd):
+                    ``W@x16 = ((W@(x16>>8)) << 8) + W@(x16 & 0xFF)``.
 ``mul``             int32 lane multiply, result must fit int32 (operands here are at most
                     16 x 16 bit).
 ``rshift_round``    arithmetic shift right by ``s`` (0..63) with **round half up**:
@@ -152,11 +154,24 @@ def mul(a, b) -> np.ndarray:
     return check_range(as_int(a) * as_int(b), 32, "mul result").astype(np.int32)
 
 
-def gemv(w, x) -> np.ndarray:
-    """``w @ x`` with int8 ``w`` (rows, cols) and int8 ``x`` (cols,): DP4s into int32."""
+def gemv(w, x, x_bits: int = 8) -> np.ndarray:
+    """``w @ x`` with int8 ``w`` (rows, cols) and ``x`` (cols,) of ``x_bits`` (8 or 16) into int32.
+
+    int8 ``x``: DP4s. int16 ``x``: the exact same integer result, computed by the PCU as two DP4
+    passes over the same weight beat, ``(w @ (x >> 8)) << 8`` (signed x signed) plus
+    ``w @ (x & 0xFF)`` (signed x unsigned byte); both partial sums, and the shifted high one,
+    must fit int32 (checked here).
+    """
     w8 = check_range(w, 8, "gemv weight")
-    x8 = check_range(x, 8, "gemv input")
-    return check_range(w8 @ x8, 32, "gemv accumulator").astype(np.int32)
+    if x_bits == 8:
+        x8 = check_range(x, 8, "gemv input")
+        return check_range(w8 @ x8, 32, "gemv accumulator").astype(np.int32)
+    if x_bits != 16:
+        raise ValueError(f"gemv input must be 8 or 16 bit, not {x_bits}")
+    x16 = check_range(x, 16, "gemv input")
+    hi = check_range((w8 @ np.right_shift(x16, 8)) << 8, 32, "gemv high-byte partial")
+    lo = w8 @ np.bitwise_and(x16, 0xFF)
+    return check_range(hi + lo, 32, "gemv accumulator").astype(np.int32)
 
 
 def dot(a, b, axis: int = -1) -> np.ndarray:

@@ -61,6 +61,9 @@ ROPE_FRAC = 14                   # cos/sin in Q14 int16
 X_MARGIN = 2.0                   # residual stream head-room over the calibrated maximum
 WIDE_MARGIN = 1.25               # head-room for int16 activations
 ACT_PERCENTILE = 100.0           # statistic for int8 activation scales (100 = max)
+# Activation widths that are a choice (the rest are fixed by the hardware: GEMV weights and the
+# KV cache int8, residual int16, SwiGLU gate int8 for the 256-entry SiLU table).
+ACT_BITS = {"norm": 8, "q_rot": 8, "attn_out": 8, "mid": 8}
 NORM_FOLD = "auto"               # RMSNorm gain: True fold into weights, False per channel, auto
 LOGIT_FRAC = 20                  # logit scale = max|logit| / 2**20
 
@@ -170,6 +173,7 @@ class QuantModel:
     recip_bits: int = RECIP_BITS
     exp_frac: int = EXP_FRAC
     kv_bits: int = KV_BITS
+    act_bits: dict = field(default_factory=lambda: dict(ACT_BITS))
     scales: dict = field(default_factory=dict)
 
     def kv_bytes_per_token(self) -> int:
@@ -318,12 +322,14 @@ def exp_bits_for(max_seq_len: int, v_bits: int = KV_BITS) -> int:
 
 
 def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCENTILE,
-             stats: dict | None = None) -> QuantModel:
+             stats: dict | None = None, act_bits: dict | None = None) -> QuantModel:
     """Quantise ``model`` (calibrating on ``calib_ids``, default :func:`default_calib_ids`)."""
     model.validate()
     c = model.config
     st = stats if stats is not None else calibrate(model, calib_ids, percentile)
     nl, hd = c.n_layers, c.head_dim
+    ab = {**ACT_BITS, **(act_bits or {})}
+    top = {k: float(intops.qmax(v)) for k, v in ab.items()}      # 127 or 32767
     f = lambda k: np.asarray(st[k], np.float64)
 
     # residual stream, shared by the embedding table and every residual add
@@ -348,7 +354,7 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         noise_fold = xhat_max ** 2 * float(np.sum(g * g * col2))
         noise_apply = xg_max ** 2 * float(np.sum(col2))
         fold = NORM_FOLD if isinstance(NORM_FOLD, bool) else bool(noise_fold <= noise_apply)
-        s_out = _pos((xhat_max if fold else xg_max) / 127)
+        s_out = _pos((xhat_max if fold else xg_max) / top["norm"])
         gain = np.ones_like(g) if fold else np.abs(g)
         m, s_ = _qm(gain * math.sqrt(c.dim) / ((1 << sh) * s_out) / 32768.0)
         col = g if fold else np.where(g < 0, -1.0, 1.0)
@@ -363,13 +369,13 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
     s_h2 = np.array([n[1] for n in norms2])
     s_q = np.maximum(f("q") * WIDE_MARGIN / 32767, 1e-8)
     s_k = np.maximum(f("k") * WIDE_MARGIN / 32767, 1e-8)
-    s_qr = np.maximum(f("q_rot") / 127, 1e-8)
+    s_qr = np.maximum(f("q_rot") / top["q_rot"], 1e-8)
     s_kr = np.maximum(f("k_rot") / 127, 1e-8)
     s_v = np.maximum(f("v") / 127, 1e-8)
-    s_o = np.maximum(f("attn_out") / 127, 1e-8)
+    s_o = np.maximum(f("attn_out") / top["attn_out"], 1e-8)
     s_g = np.maximum(f("gate") / 127, 1e-8)
     s_u = np.maximum(f("up") * WIDE_MARGIN / 32767, 1e-8)
-    s_mid = np.maximum(f("mid") / 127, 1e-8)
+    s_mid = np.maximum(f("mid") / top["mid"], 1e-8)
     s_hf = normf[1]
     s_logit = _pos(float(st["logits"]) / (1 << LOGIT_FRAC))
 
@@ -432,7 +438,7 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         rsqrt=make_rsqrt_table(), recip=make_recip_table(), exp=make_exp_table(eb),
         rope_cos=np.round(cos.astype(np.float64) * (1 << ROPE_FRAC)).astype(np.int16),
         rope_sin=np.round(sin.astype(np.float64) * (1 << ROPE_FRAC)).astype(np.int16),
-        ss_shift=sh, eps_int=eps_int, exp_bits=eb, scales=scales)
+        ss_shift=sh, eps_int=eps_int, exp_bits=eb, act_bits=ab, scales=scales)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,3 +146,19 @@ def test_argmax_lowest_index_wins():
     assert I.argmax_first(np.array([1, 5, 5, 2], np.int32)) == 1
     assert I.argmax_first(np.array([-3, -3], np.int32)) == 0
     assert I.argmax_first(np.array([0, 0, 7])) == 2
+
+
+def test_gemv_int16_input_is_exact():
+    rng = np.random.default_rng(4)
+    w = rng.integers(-127, 128, (7, 192)).astype(np.int8)
+    x = rng.integers(-32768, 32768, 192).astype(np.int16)
+    y = I.gemv(w, x, 16)
+    assert y.dtype == np.int32
+    assert np.array_equal(y, w.astype(np.int64) @ x.astype(np.int64))
+    x[:] = -32768                                             # extremes of the byte split
+    w[:] = -127
+    assert np.array_equal(I.gemv(w[:, :64], x[:64], 16), w[:, :64].astype(np.int64) @ x[:64].astype(np.int64))
+    with pytest.raises(OverflowError):                       # high partial overflows int32
+        I.gemv(np.full((1, 600), -127, np.int8), np.full(600, -32768, np.int16), 16)
+    with pytest.raises(ValueError):
+        I.gemv(w, x, 32)
