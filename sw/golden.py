@@ -25,7 +25,7 @@ step (method)         integer semantics                            pattern / uni
                       sum = SUM_t e_t (int32)                      SUM reduce
 ``attn_wsum``         acc[d] = SUM_t e_t * V[t,d] (int32);         weighted sum of V: MAC lanes;
                       (ri, E) = recip_index(sum);                  reciprocal by CLZ + LUT (no
-                      mh = rshift_round(RECIP[ri]*m_a, 15);        divider): scalar MUL and shift,
+                      mh = REQUANT(RECIP[ri], m_a, 15, 16);        divider): scalar REQUANT,
                       o = REQUANT(acc, mh, s_a + E, 8)             vector REQUANT
 ``swiglu``            g8 = gate GEMV; u16 = up GEMV;               SwiGLU: PMU LUT (SiLU) on the
                       h = REQUANT(SILU[g8 & 0xFF] * u16, m, s, 8)  raw byte, PCU MUL + REQUANT
@@ -126,7 +126,7 @@ class GoldenDecoder:
         qm = self.qm
         acc = I.dot(e[:, :, None], V, axis=1)                           # (heads, hd) int32
         ri, E = I.recip_index(total, qm.recip_bits)                     # per head (scalar path)
-        mh = I.rshift_round(I.mul(I.lut(qm.recip, ri), m), 15)
+        mh = I.requant(I.lut(qm.recip, ri), m, 15, 16)                  # < 2**15: no saturation
         return I.requant(acc, mh[:, None], (int(s) + E)[:, None], qm.act_bits["attn_out"])
 
     def swiglu(self, g8: np.ndarray, u16: np.ndarray, silu_table: np.ndarray, m: int, s: int):
@@ -225,6 +225,8 @@ def generate(model_or_qmodel, prompt_ids, n_tokens: int) -> list[int]:
     prompt_ids = [int(t) for t in prompt_ids]
     if not prompt_ids:
         raise ValueError("empty prompt")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
     if len(prompt_ids) + n_tokens - 1 > qm.config.max_seq_len:
         raise ValueError(f"context overflow: prompt of {len(prompt_ids)} + {n_tokens} tokens "
                          f"exceeds max_seq_len {qm.config.max_seq_len}")

@@ -153,6 +153,8 @@ def generate(model: LlamaModel, prompt_ids, n_tokens: int) -> list[int]:
     prompt_ids = [int(t) for t in prompt_ids]
     if not prompt_ids:
         raise ValueError("empty prompt")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
     c = model.config
     if len(prompt_ids) + n_tokens - 1 > c.max_seq_len:
         raise ValueError(f"context overflow: prompt of {len(prompt_ids)} + {n_tokens} tokens "
