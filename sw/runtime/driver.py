@@ -1,0 +1,223 @@
+"""Host driver: the runtime's view of the simulated chip, over cocotb.
+
+Runs inside a cocotb test (the simulator process). It talks to the chip only through its host
+ports — the CSR bus and the wide DMA streams — exactly as a PCIe driver would, and never pokes
+internal signals.
+
+Speed: the driver touches the simulation only while it moves data or registers. While the chip
+computes, :meth:`ChipDriver.wait_until` sleeps on a ``RisingEdge`` of a done/idle signal with a
+cycle-limited watchdog, so Verilator runs free between events.
+
+Handshake sampling: stream transfers are decided from values read in the ``ReadOnly`` phase
+before the clock edge (the values the RTL sees at that edge), which is race-free on every
+simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hdl.host import CHIP_ID, Csr, EXT_BASE, counter_names
+from hdl.params import RduParams
+
+__all__ = ["ChipDriver", "ChipError", "HangError"]
+
+
+class ChipError(RuntimeError):
+    """The chip latched an error code (CSR ERROR)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class HangError(RuntimeError):
+    """A wait exceeded its cycle budget; the message names the unit that is stuck."""
+
+
+def describe_error(code: int, p: RduParams) -> str:
+    from hdl.dma import DmaError
+    cls = code & 0xF0
+    if cls == 0x10:
+        return f"DMA refused the transfer: {DmaError(code & 0xF).name}"
+    if cls == 0x20:
+        return f"AGCU {code >> 8} reported status {code & 0xF}"
+    return f"chip error code 0x{code:04x}"
+
+
+@dataclass
+class _Triggers:
+    RisingEdge: object
+    ReadOnly: object
+    Timer: object
+    First: object
+    ClockCycles: object
+
+
+class ChipDriver:
+    """Drive a chip toplevel whose ports are ``csr__*``, ``h2c__*`` and ``c2h__*``."""
+
+    def __init__(self, dut, params: RduParams, clock_period_ns: int = 10):
+        import cocotb.triggers as t
+        self.dut, self.p, self.period_ns = dut, params, clock_period_ns
+        self.t = _Triggers(t.RisingEdge, t.ReadOnly, t.Timer, t.First, t.ClockCycles)
+        self.counter_names = counter_names(params)
+
+    # ---- bring-up ---------------------------------------------------------------------------
+    async def start(self, reset_cycles: int = 4):
+        from cocotb.clock import Clock
+        dut = self.dut
+        Clock(dut.clk, self.period_ns, unit="ns", impl="gpi").start()
+        for name in ("csr__w_en", "csr__r_en", "h2c__valid", "c2h__ready"):
+            getattr(dut, name).value = 0
+        dut.rst.value = 1
+        await self.t.ClockCycles(dut.clk, reset_cycles)
+        dut.rst.value = 0
+        await self.t.RisingEdge(dut.clk)
+        ident = await self.csr_read(Csr.ID)
+        if ident != CHIP_ID:
+            raise ChipError(0, f"chip ID reads 0x{ident:08x}, expected 0x{CHIP_ID:08x}")
+        digest = await self.csr_read(Csr.PARAMS_HASH)
+        want = int.from_bytes(self.p.digest()[:4], "big")
+        if digest != want:
+            raise ChipError(0, f"chip was built for other RduParams (hash 0x{digest:08x}, "
+                               f"driver expects 0x{want:08x})")
+
+    # ---- CSR --------------------------------------------------------------------------------
+    async def csr_write(self, addr: int, value: int):
+        dut = self.dut
+        dut.csr__addr.value = int(addr)
+        dut.csr__w_data.value = int(value) & 0xFFFFFFFF
+        dut.csr__w_en.value = 1
+        await self.t.RisingEdge(dut.clk)
+        dut.csr__w_en.value = 0
+
+    async def csr_read(self, addr: int) -> int:
+        dut = self.dut
+        dut.csr__addr.value = int(addr)
+        dut.csr__r_en.value = 1
+        await self.t.RisingEdge(dut.clk)
+        dut.csr__r_en.value = 0
+        await self.t.ReadOnly()
+        value = int(dut.csr__r_data.value)
+        await self.t.RisingEdge(dut.clk)
+        return value
+
+    async def read_counters(self) -> dict:
+        out = {}
+        for k, name in enumerate(self.counter_names):
+            lo = await self.csr_read(Csr.COUNTER_BASE + 2 * k)
+            hi = await self.csr_read(Csr.COUNTER_BASE + 2 * k + 1)
+            out[name] = (hi << 32) | lo
+        return out
+
+    async def clear_counters(self):
+        await self.csr_write(Csr.CONTROL, 1)
+
+    async def check_error(self):
+        code = await self.csr_read(Csr.ERROR)
+        if code:
+            raise ChipError(code, describe_error(code, self.p))
+
+    # ---- DMA --------------------------------------------------------------------------------
+    def _beats_of(self, data: bytes) -> list[int]:
+        bb = self.p.beat_bytes
+        if len(data) % bb:
+            data = data + bytes(bb - len(data) % bb)
+        return [int.from_bytes(data[i:i + bb], "little") for i in range(0, len(data), bb)]
+
+    def _check_range(self, addr: int, nbytes: int):
+        bb = self.p.beat_bytes
+        if addr % bb:
+            raise ValueError(f"HBM address 0x{addr:x} is not aligned to a {bb}-byte beat")
+        if addr < 0 or addr + nbytes > self.p.hbm_bytes:
+            raise ValueError(f"HBM range 0x{addr:x}+{nbytes} lies outside the "
+                             f"{self.p.hbm_bytes}-byte HBM")
+
+    async def dma_write(self, addr: int, data: bytes, watchdog_cycles: int | None = None):
+        """Write ``data`` to HBM at byte address ``addr`` (beat-aligned; padded with zeros)."""
+        self._check_range(addr, len(data))
+        beats = self._beats_of(bytes(data))
+        dut = self.dut
+        await self.csr_write(Csr.DMA_ADDR, addr // self.p.beat_bytes)
+        await self.csr_write(Csr.DMA_BEATS, len(beats))
+        await self.csr_write(Csr.DMA_CTRL, 0b11)
+        limit = watchdog_cycles or 64 * len(beats) + 10_000
+        i = cycles = 0
+        dut.h2c__valid.value = 1
+        while i < len(beats):
+            dut.h2c__payload.value = beats[i]
+            await self.t.ReadOnly()
+            accepted = bool(dut.h2c__ready.value)
+            await self.t.RisingEdge(dut.clk)
+            i += accepted
+            cycles += 1
+            if cycles > limit:
+                dut.h2c__valid.value = 0
+                raise HangError(f"DMA host->HBM stuck after {i}/{len(beats)} beats "
+                                f"({cycles} cycles): HBM not accepting write data")
+        dut.h2c__valid.value = 0
+        await self._wait_dma_idle(limit)
+
+    async def dma_read(self, addr: int, nbytes: int, watchdog_cycles: int | None = None) -> bytes:
+        """Read ``nbytes`` from HBM at byte address ``addr`` (beat-aligned)."""
+        self._check_range(addr, nbytes)
+        bb = self.p.beat_bytes
+        n = -(-nbytes // bb)
+        dut = self.dut
+        await self.csr_write(Csr.DMA_ADDR, addr // bb)
+        await self.csr_write(Csr.DMA_BEATS, n)
+        await self.csr_write(Csr.DMA_CTRL, 0b01)
+        limit = watchdog_cycles or 64 * n + 10_000
+        out = []
+        cycles = 0
+        dut.c2h__ready.value = 1
+        while len(out) < n:
+            await self.t.ReadOnly()
+            if dut.c2h__valid.value:
+                out.append(int(dut.c2h__payload.value))
+            await self.t.RisingEdge(dut.clk)
+            cycles += 1
+            if cycles > limit:
+                dut.c2h__ready.value = 0
+                raise HangError(f"DMA HBM->host stuck after {len(out)}/{n} beats "
+                                f"({cycles} cycles): no read data from HBM")
+        dut.c2h__ready.value = 0
+        await self._wait_dma_idle(limit)
+        return b"".join(v.to_bytes(bb, "little") for v in out)[:nbytes]
+
+    async def _wait_dma_idle(self, limit: int):
+        for _ in range(limit):
+            st = await self.csr_read(Csr.DMA_STATUS)
+            if not st & 1:
+                break
+        else:
+            raise HangError("DMA engine stays busy after its data moved")
+        await self.check_error()
+
+    # ---- waiting ----------------------------------------------------------------------------
+    async def wait_until(self, signal, *, cycles: int, what: str, describe=None):
+        """Sleep until ``signal`` is high (checked at rising edges of ``signal`` and once now).
+
+        Raises :class:`HangError` after ``cycles`` clock cycles; ``describe()`` (sync or async)
+        supplies the stuck unit's state for the message.
+        """
+        await self.t.ReadOnly()
+        if signal.value:
+            await self.t.RisingEdge(self.dut.clk)
+            return
+        timeout = self.t.Timer(cycles * self.period_ns, unit="ns")
+        fired = await self.t.First(self.t.RisingEdge(signal), timeout)
+        if fired is timeout:
+            state = ""
+            if describe is not None:
+                state = describe()
+                if hasattr(state, "__await__"):
+                    state = await state
+                state = f": {state}"
+            raise HangError(f"watchdog: {what} not done after {cycles} cycles{state}")
+        await self.t.RisingEdge(self.dut.clk)
+
+    async def ext_read(self, offset: int) -> int:
+        """Read a register of the chip top's extension window (EXT_BASE + offset)."""
+        return await self.csr_read(EXT_BASE + offset)
