@@ -49,6 +49,10 @@ class RduParams:
     hbm_t_rp: int = 12               # precharge (cycles)
     hbm_t_refi: int = 3120           # refresh interval (cycles)
     hbm_t_rfc: int = 280             # refresh cycle time (cycles)
+    hbm_t_rfcsb: int = 128           # per-bank (single-bank) refresh cycle time (cycles)
+    hbm_refresh_per_bank: bool = True  # REFsb round-robin per bank (True) or REFab all-bank (False)
+    hbm_refresh_postpone: int = 8    # refreshes the controller may owe before it forces one
+    agcu_counters: int = 4           # nested address counters per AGCU (COUNT_k/STRIDE_k pairs)
 
     # ---- host ---------------------------------------------------------------------------
     csr_addr_bits: int = 12          # CSR word address space

@@ -1,0 +1,614 @@
+"""Cycle-level HBM controller and DRAM timing model with an RTL backing store.
+
+:class:`HbmController` serves ``n_ports`` in-order memory ports (:func:`hdl.bus.hbm_port_signature`)
+from ``params.hbm_channels`` independent channels. It is meant to be *timing-faithful* at the level
+an architect cares about (bandwidth, latency, row-buffer locality, refresh) while staying fast
+under Verilator. It is not a DRAM command-bus model: tRRD/tFAW/tCCD_L/tWTR/tRTW are not modelled
+(all are below one burst of 4 beats at this clock, except tFAW, which a sequential stream
+opening one row per 16 cycles per channel never reaches).
+
+Timing sources (one channel = one HBM3 pseudo-channel, 64 bit x 6.4 Gb/s = 51.2 GB/s; fabric clock
+800 MHz, tCK = 1.25 ns, so 64 B = one 512-bit beat per cycle per channel):
+
+=========  =========  ======  =========================================================================
+parameter  ns         cycles  source
+=========  =========  ======  =========================================================================
+tRCD       14         12      DRAMsim3 ``configs/HBM2_8Gb_x128.ini`` (tCK=1 ns, tRCDRD=tRCDWR=14); HBM3
+                              (JESD238) keeps the DRAM-core array timings of HBM2. 14/1.25 = 11.2 -> 12
+tRP        14         12      same file, tRP=14
+tREFI      3900       3120    Ramulator2 ``src/dram/impl/HBM3.cpp`` preset nREFI=3900 at tCK_ps=1000;
+                              DRAMsim3 HBM2 tREFI=3900 (the JEDEC 3.9 us refresh interval)
+tRFC       350        280     Ramulator2 HBM3.cpp tRFC table {2Gb:160, 4Gb:260, 8Gb:350, 16Gb:450} ns,
+                              8 Gb per pseudo-channel row
+tRFCsb     160        128     Ramulator2 HBM3.cpp (and HBM2.cpp) preset nRFCSB=160 at tCK=1 ns
+=========  =========  ======  =========================================================================
+
+(values in ``RduParams``: ``hbm_t_rcd``, ``hbm_t_rp``, ``hbm_t_refi``, ``hbm_t_rfc``,
+``hbm_t_rfcsb``.) ``hbm_read_latency`` (150 cycles = 188 ns) is the whole load-to-use latency of an
+HBM3 controller + PHY + DRAM at an idle channel with the row open, not the DRAM CL alone.
+
+Address map (beat address ``a``; all fields are bit slices, every size is a power of two)::
+
+    burst block   b   = a // hbm_burst_beats           offset in block = a % hbm_burst_beats
+    channel           = b % hbm_channels               (channel interleave at burst granularity)
+    local block   lb  = b // hbm_channels
+    column burst      = lb % bursts_per_row            (bursts_per_row = hbm_row_bytes / burst bytes)
+    bank field        = (lb // bursts_per_row) % hbm_banks
+    row               = lb // (bursts_per_row * hbm_banks)
+    bank              = bank field XOR ((2 * row) % hbm_banks)   (permutation-based interleaving)
+
+Why the XOR bank hash (after Zhang, Zhu, Zhang, MICRO 2000): this controller serves each channel
+queue in order (no FR-FCFS reordering), so two streams that walk the banks in lockstep (e.g. two
+AGCUs streaming two weight matrices) must not need the same bank at the same time. Without a hash,
+streams a multiple of ``banks * row`` apart hit the same bank on different rows at every burst and
+ping-pong precharge/activate. The hash term is ``2*row`` rather than ``row``: stream A can only
+prepare its next bank while stream B is not still streaming from it, i.e. collisions happen when
+hash(row_A) XOR hash(row_B) is one of {1, 3, 7, 15} (= f XOR f+1); for consecutive rows plain
+``row`` gives exactly those values, ``2*row`` gives {2, 6, 14}. Residual pathological cases
+(streams whose bank walks stay adjacent) remain, as in any in-order controller; they cost one
+exposed tRP+tRCD per row and are visible in ``stats.row_miss``/utilisation.
+
+A sequential stream therefore reads one whole row (4 bursts, 16 cycles of data by default) from one
+bank, then moves to the next bank: while one bank streams, the activates of the banks behind it in
+the request queue are already under way, so a sequential stream hides tRP+tRCD (24 cycles) behind
+the 8-deep queue (32 cycles of data).
+
+Refresh: **per-bank (REFsb) by default** (``hbm_refresh_per_bank=True``). All-bank refresh (REFab)
+blocks the whole channel for tRFC every tREFI = 280/3120 = 9.0% of the time, which alone caps a
+sequential stream at 91% of peak before any row miss; HBM3 supports single-bank refresh so that a
+controller can refresh idle banks while others serve traffic (as commercial HBM controllers do,
+e.g. AMD PG313 "Single Bank Refresh ... can improve efficiency"). One REFsb becomes due every
+tREFI/banks cycles (so each bank is still refreshed once per tREFI); every bank is refreshed once
+per round before any bank is refreshed again. The controller chooses *which* bank: a bank that
+no queued request needs and that was used within the last ``recent window`` cycles (the bank a
+stream has just left and will not return to for a full rotation); it may owe up to
+``hbm_refresh_postpone`` refreshes (JEDEC allows postponing refreshes) and then forces one on the
+lowest-numbered bank still due, even if that stalls a request. ``hbm_refresh_per_bank=False``
+selects all-bank refresh (every tREFI, all banks blocked for tRP+tRFC) for comparison.
+
+Cycle-level contract
+--------------------
+* **Request intake.** Each channel grants at most one request per cycle, round-robin among the
+  ports whose request targets it (the channel is a function of ``req.addr``). ``req.ready`` is
+  asserted in the cycle of the grant. A read is admitted only if its channel queue has room, the
+  port's order FIFO has room and the port has ``beats`` credits for that channel's response buffer
+  (credits are reserved at admission and returned as the port consumes ``rdata``), so queued reads
+  can always complete and a port that stops taking ``rdata`` only stops its *own* reads.
+* **Writes** are collected first: after a write is granted the channel takes its ``beats`` write
+  beats from the port's ``wdata`` (one per cycle while ``wdata.valid``), then enqueues the write.
+  During the collection that channel grants nothing else and the port is granted nowhere else, so
+  an initiator should present the data with (or before) the request. A write is performed (visible
+  to later reads of any port) when it leaves the queue.
+* **Issue.** Each channel queue is served strictly in order (so a port's write followed by a read of
+  the same address returns the new data, and reads of different ports are served in arrival
+  order). The head burst issues when its bank has its row open and is idle; then it occupies the
+  channel data bus for ``beats`` cycles; the next burst may issue in the cycle the last beat moves,
+  so back-to-back bursts stream at one beat per cycle per channel.
+* **Row buffer.** Per bank one open row. A queued request whose bank holds another row starts
+  precharge+activate (tRP + tRCD; tRCD alone if the bank is closed) as soon as no older queued
+  request needs that bank and the bank is idle (one activate per channel per cycle). The
+  ``stats.row_miss`` strobe marks each activate.
+* **Read latency.** With an idle channel and the row open, the first beat of a read is on
+  ``rdata`` (valid) exactly ``hbm_read_latency`` cycles after the cycle its request handshake
+  completed; the beats of a burst follow on consecutive cycles when ``rdata.ready`` is high. A
+  row miss adds tRCD (closed bank) or tRP+tRCD (other row open). Queueing adds the waiting time.
+* **Read order.** Each port receives its read data in its own request order, whichever channels
+  served it (per-port order FIFO of channel ids, per-port-per-channel response buffers).
+  ``rdata`` honours back-pressure.
+* **Stats** (one-cycle strobes per channel): ``rd_beat``/``wr_beat`` a beat moved on the data bus,
+  ``row_miss`` an activate started, ``refresh`` the channel's head request is held up by a refresh
+  (per-bank mode: its bank is refreshing; all-bank mode: a refresh is in progress).
+* **error** (sticky until reset) is raised when a request crosses its burst block
+  (``addr % burst + beats > burst``); such a request is still executed on consecutive addresses of
+  its channel, which are *not* the addresses the initiator meant.
+* The backing store is one ``lib.memory.Memory`` of ``hbm_channel_beats`` x 512 bit per channel,
+  initialised to zero.
+"""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .bus import hbm_port_signature, hbm_stats_signature
+from .params import RduParams
+
+__all__ = ["HbmController", "HbmGeometry", "hbm_response_buffer_beats"]
+
+
+def _log2(v: int) -> int:
+    assert v > 0 and v & (v - 1) == 0, v
+    return v.bit_length() - 1
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+def hbm_response_buffer_beats(p: RduParams) -> int:
+    """Depth of each per-port-per-channel read response buffer.
+
+    It must cover a port's credit round trip at one beat per cycle: the read latency, a full
+    channel queue ahead of the request, and a few bursts of pipeline slack.
+    """
+    return _next_pow2(p.hbm_read_latency + p.hbm_queue_depth * p.hbm_burst_beats
+                      + 4 * p.hbm_burst_beats)
+
+
+class HbmGeometry:
+    """Bit-field geometry of the address map (see the module docstring). Pure Python; the
+    testbenches use it to predict channels, banks and rows."""
+
+    def __init__(self, p: RduParams):
+        self.p = p
+        self.burst_bits = _log2(p.hbm_burst_beats)
+        self.channel_bits = _log2(p.hbm_channels)
+        self.bursts_per_row = p.hbm_row_bytes // (p.hbm_burst_beats * p.beat_bytes)
+        self.col_bits = _log2(self.bursts_per_row)
+        self.bank_bits = _log2(p.hbm_banks)
+        self.local_beat_bits = _log2(p.hbm_channel_beats)
+        self.local_block_bits = self.local_beat_bits - self.burst_bits
+        self.row_bits = self.local_block_bits - self.col_bits - self.bank_bits
+        assert self.row_bits >= 0, "hbm_bytes too small for the bank/row geometry"
+
+    def split(self, addr: int):
+        """(channel, bank, row, local beat address) of a beat address."""
+        b = addr >> self.burst_bits
+        ch = b & ((1 << self.channel_bits) - 1)
+        lb = b >> self.channel_bits
+        row = lb >> (self.col_bits + self.bank_bits)
+        bank = ((lb >> self.col_bits) ^ (row << 1)) & ((1 << self.bank_bits) - 1)
+        local = (lb << self.burst_bits) | (addr & ((1 << self.burst_bits) - 1))
+        return ch, bank, row, local
+
+    def compose(self, channel: int, bank: int, row: int, col: int = 0, offset: int = 0) -> int:
+        """Beat address of (channel, bank, row, column burst, beat offset): inverse of split."""
+        field = (bank ^ (row << 1)) & ((1 << self.bank_bits) - 1)
+        lb = (((row << self.bank_bits) | field) << self.col_bits) | col
+        return (((lb << self.channel_bits) | channel) << self.burst_bits) | offset
+
+
+class _Channel(Elaboratable):
+    """One channel: request queue, bank/row/refresh timing, data bus, backing store, latency FIFO.
+
+    Interface (all driven/used by :class:`HbmController`):
+      ``push``/``push_entry``: enqueue one request (caller checks ``space``);
+      ``wfifo_*``: write data of writes being collected, in queue order;
+      ``out_valid``/``out_port``/``out_data``: a read beat leaving the latency pipe this cycle
+      (the caller must be able to take it: credits guarantee that).
+    """
+
+    def __init__(self, p: RduParams, geo: HbmGeometry, n_ports: int, entry_layout):
+        self.p, self.geo, self.n_ports = p, geo, n_ports
+        self.entry_layout = entry_layout
+        depth = p.hbm_queue_depth
+        self.push = Signal()
+        self.push_entry = Signal(entry_layout)
+        self.count = Signal(range(depth + 1))
+        self.space = Signal()                      # count < depth (queue not full)
+        self.wfifo = SyncFIFO(width=p.beat_bits, depth=depth * p.hbm_burst_beats)
+        self.out_valid = Signal()
+        self.out_port = Signal(range(max(2, n_ports)))
+        self.out_data = Signal(p.beat_bits)
+        # stats
+        self.rd_beat = Signal()
+        self.wr_beat = Signal()
+        self.row_miss = Signal()
+        self.refresh_stall = Signal()
+        self.refresh_cmd = Signal()
+        self.error = Signal()
+
+    def elaborate(self, platform):
+        p, geo = self.p, self.geo
+        m = Module()
+        m.submodules.wfifo = self.wfifo
+        depth = p.hbm_queue_depth
+        nbanks = p.hbm_banks
+        L = p.hbm_read_latency
+        assert L >= 5, "the pipeline around the latency FIFO needs hbm_read_latency >= 5"
+
+        # ---- request queue: a shift register, slot 0 is the oldest (the head) -------------
+        slots = [Signal(self.entry_layout, name=f"slot{i}") for i in range(depth)]
+        valid = [Signal(name=f"slot{i}_valid") for i in range(depth)]
+        for i in range(depth):
+            m.d.comb += valid[i].eq(self.count > i)
+        m.d.comb += self.space.eq(self.count < depth)
+
+        def bank_of(e):
+            field = e.lb[geo.col_bits:geo.col_bits + geo.bank_bits]
+            row = e.lb[geo.col_bits + geo.bank_bits:]
+            return field ^ Cat(C(0, 1), row[:min(geo.bank_bits - 1, geo.row_bits)])
+
+        def row_of(e):
+            return e.lb[geo.col_bits + geo.bank_bits:]
+
+        pop = Signal()
+        pos = Signal(range(depth + 1))
+        m.d.comb += pos.eq(self.count - pop)
+        for i in range(depth):
+            nxt = slots[i + 1] if i + 1 < depth else slots[i]
+            with m.If(self.push & (pos == i)):
+                m.d.sync += slots[i].eq(self.push_entry)
+            with m.Elif(pop):
+                m.d.sync += slots[i].eq(nxt)
+        m.d.sync += self.count.eq(self.count + self.push - pop)
+
+        # ---- bank state --------------------------------------------------------------------
+        timer_max = max(p.hbm_t_rp + p.hbm_t_rcd, p.hbm_t_rp + p.hbm_t_rfc, p.hbm_t_rp + p.hbm_t_rfcsb)
+        timer = [Signal(range(timer_max + 1), name=f"bank{k}_timer") for k in range(nbanks)]
+        is_open = [Signal(name=f"bank{k}_open") for k in range(nbanks)]
+        open_row = [Signal(max(1, geo.row_bits), name=f"bank{k}_row") for k in range(nbanks)]
+        refreshing = [Signal(name=f"bank{k}_refreshing") for k in range(nbanks)]
+        recent_window = geo.bursts_per_row * p.hbm_burst_beats * 4
+        age = [Signal(range(recent_window + 1), init=recent_window, name=f"bank{k}_age")
+               for k in range(nbanks)]
+        timer_a, open_a, row_a, refr_a = Array(timer), Array(is_open), Array(open_row), Array(refreshing)
+
+        # ---- data bus: the burst being transferred ----------------------------------------
+        cur_left = Signal(range(p.hbm_burst_beats + 1))
+        cur_addr = Signal(geo.local_beat_bits)
+        cur_write = Signal()
+        cur_port = Signal.like(self.out_port)
+        cur_bank = Signal(max(1, geo.bank_bits))
+        can_issue = Signal()
+        m.d.comb += can_issue.eq(cur_left <= 1)
+
+        head = slots[0]
+        head_bank = Signal(max(1, geo.bank_bits))
+        head_row = Signal(max(1, geo.row_bits))
+        m.d.comb += [head_bank.eq(bank_of(head)), head_row.eq(row_of(head))]
+        head_ready = Signal()
+        m.d.comb += head_ready.eq(valid[0] & open_a[head_bank] & (row_a[head_bank] == head_row)
+                                  & (timer_a[head_bank] == 0))
+        issue = Signal()
+        m.d.comb += [issue.eq(head_ready & can_issue), pop.eq(issue)]
+        if p.hbm_refresh_per_bank:
+            m.d.comb += self.refresh_stall.eq(valid[0] & refr_a[head_bank])
+        else:
+            m.d.comb += self.refresh_stall.eq(Cat(refreshing) != 0)
+
+        with m.If(issue):
+            m.d.sync += [
+                cur_left.eq(head.beats_m1 + 1),
+                cur_addr.eq(Cat(head.off, head.lb)),
+                cur_write.eq(head.write),
+                cur_port.eq(head.port),
+                cur_bank.eq(head_bank),
+            ]
+            # a burst crossing its block runs on into the next local block: flag it
+            m.d.sync += self.error.eq(self.error | ((head.off + head.beats_m1) >= p.hbm_burst_beats))
+        with m.Elif(cur_left != 0):
+            m.d.sync += [cur_left.eq(cur_left - 1), cur_addr.eq(cur_addr + 1)]
+
+        # ---- backing store ------------------------------------------------------------------
+        m.submodules.store = store = Memory(shape=unsigned(p.beat_bits), depth=p.hbm_channel_beats, init=[])
+        rport = store.read_port()
+        wport = store.write_port()
+        beat = Signal()
+        m.d.comb += beat.eq(cur_left != 0)
+        m.d.comb += [
+            rport.addr.eq(cur_addr), rport.en.eq(beat & ~cur_write),
+            wport.addr.eq(cur_addr), wport.data.eq(self.wfifo.r_data),
+            wport.en.eq(beat & cur_write),
+            self.wfifo.r_en.eq(beat & cur_write),
+            self.rd_beat.eq(beat & ~cur_write),
+            self.wr_beat.eq(beat & cur_write),
+        ]
+
+        # ---- latency pipe: FIFO of (release time, port, data) ------------------------------
+        stamp_bits = (L + 8).bit_length()
+        now = Signal(stamp_bits)
+        m.d.sync += now.eq(now + 1)
+        lat_layout = data.StructLayout({"release": stamp_bits, "port": len(self.out_port),
+                                        "data": p.beat_bits})
+        m.submodules.lat = lat = SyncFIFO(width=lat_layout.size, depth=_next_pow2(L + 8))
+        rd_pending = Signal()
+        rd_pending_port = Signal.like(self.out_port)
+        m.d.sync += [rd_pending.eq(beat & ~cur_write), rd_pending_port.eq(cur_port)]
+        lat_in = Signal(lat_layout)
+        # Timing of an isolated row-hit read whose request handshakes in cycle h: enqueue h+1,
+        # issue h+1 (cur loaded at its end), beat h+2, memory data h+3 -> pushed here; the port
+        # shows the beat one cycle after it leaves this pipe. Release at (push time + L - 4)
+        # so that rdata is valid in cycle h + L.
+        m.d.comb += [
+            lat_in.release.eq(now + (L - 4)),
+            lat_in.port.eq(rd_pending_port),
+            lat_in.data.eq(rport.data),
+            lat.w_data.eq(lat_in),
+            lat.w_en.eq(rd_pending),
+        ]
+        lat_out = Signal(lat_layout)
+        m.d.comb += lat_out.eq(lat.r_data)
+        m.d.comb += [
+            self.out_valid.eq(lat.r_rdy & (lat_out.release == now)),
+            self.out_port.eq(lat_out.port),
+            self.out_data.eq(lat_out.data),
+            lat.r_en.eq(self.out_valid),
+        ]
+
+        # ---- activation scheduler: oldest queued request whose bank can be (re)opened -------
+        # the timer is loaded in the command's own cycle, so it holds cost-1 afterwards: a burst
+        # to a closed bank then issues exactly tRCD cycles later than a row hit would
+        cost_closed = p.hbm_t_rcd - 1
+        cost_open = p.hbm_t_rp + p.hbm_t_rcd - 1
+        act = Signal()
+        act_bank = Signal(max(1, geo.bank_bits))
+        act_row = Signal(max(1, geo.row_bits))
+        eligible = []
+        for i in range(depth):
+            b, r = bank_of(slots[i]), row_of(slots[i])
+            older_same = Const(0)
+            for j in range(i):
+                older_same = older_same | (valid[j] & (bank_of(slots[j]) == b))
+            in_bus = (cur_left > 1) & (cur_bank == b)   # its row still streams
+            needs = ~open_a[b] | (row_a[b] != r)
+            e = Signal(name=f"act_eligible{i}")
+            m.d.comb += e.eq(valid[i] & needs & (timer_a[b] == 0) & ~older_same & ~in_bus)
+            eligible.append((e, b, r))
+        for i, (e, b, r) in enumerate(eligible):
+            cond = m.If if i == 0 else m.Elif
+            with cond(e):
+                m.d.comb += [act.eq(1), act_bank.eq(b), act_row.eq(r)]
+        m.d.comb += self.row_miss.eq(act)
+
+        # ---- refresh scheduler ---------------------------------------------------------------
+        ref = Signal()
+        ref_all = Signal()
+        ref_bank = Signal(max(1, geo.bank_bits))
+        debt_max = 2 * p.hbm_refresh_postpone + 2
+        debt = Signal(range(debt_max + 1))
+        interval = (p.hbm_t_refi // nbanks) if p.hbm_refresh_per_bank else p.hbm_t_refi
+        ref_timer = Signal(range(interval + 1), init=interval)
+        due = Signal()
+        with m.If(ref_timer == 1):
+            m.d.sync += ref_timer.eq(interval)
+            m.d.comb += due.eq(1)
+        with m.Else():
+            m.d.sync += ref_timer.eq(ref_timer - 1)
+        m.d.sync += debt.eq(debt + (due & (debt != debt_max)) - ref)
+        m.d.comb += self.refresh_cmd.eq(ref)
+
+        referenced = Signal(nbanks)
+        ref_expr = Const(0, nbanks)
+        for i in range(depth):
+            ref_expr = ref_expr | Mux(valid[i], 1 << bank_of(slots[i]), 0)
+        m.d.comb += referenced.eq(ref_expr)
+        bus_bank = Signal(nbanks)      # the bank whose row the data bus is still streaming
+        m.d.comb += bus_bank.eq(Mux(cur_left > 1, 1 << cur_bank, 0))
+        in_use = Signal(nbanks)
+        m.d.comb += in_use.eq(referenced | bus_bank)
+        idle = Signal(nbanks)
+        m.d.comb += idle.eq(Cat(t == 0 for t in timer) & ~Mux(act, 1 << act_bank, 0))
+
+        if p.hbm_refresh_per_bank:
+            unrefreshed = Signal(nbanks, init=(1 << nbanks) - 1)
+            recent = Signal(nbanks)
+            m.d.comb += recent.eq(Cat(a < recent_window for a in age))
+            preferred = Signal(nbanks)
+            candidates = Signal(nbanks)
+            forced = Signal(nbanks)
+            m.d.comb += [
+                candidates.eq(unrefreshed & idle & ~in_use),
+                preferred.eq(candidates & recent),
+                forced.eq(unrefreshed & idle & ~bus_bank),
+            ]
+
+            def lowest(mask):
+                res = Signal(max(1, geo.bank_bits))
+                for k in reversed(range(nbanks)):
+                    with m.If(mask[k]):
+                        m.d.comb += res.eq(k)
+                return res
+
+            low_pref, low_cand, low_forced = lowest(preferred), lowest(candidates), lowest(forced)
+            with m.If(debt != 0):
+                with m.If(preferred != 0):
+                    m.d.comb += [ref.eq(1), ref_bank.eq(low_pref)]
+                with m.Elif(debt >= p.hbm_refresh_postpone):
+                    with m.If(candidates != 0):
+                        m.d.comb += [ref.eq(1), ref_bank.eq(low_cand)]
+                    with m.Elif(forced != 0):
+                        m.d.comb += [ref.eq(1), ref_bank.eq(low_forced)]
+            with m.If(ref):
+                left = unrefreshed & ~(1 << ref_bank)
+                m.d.sync += unrefreshed.eq(Mux(left == 0, (1 << nbanks) - 1, left))
+        else:
+            # all-bank refresh: wait until no bank is mid-activate, then block every bank
+            with m.If((debt != 0) & (idle == (1 << nbanks) - 1) & ~act):
+                m.d.comb += [ref.eq(1), ref_all.eq(1)]
+
+        # ---- per-bank state update -----------------------------------------------------------
+        for k in range(nbanks):
+            kref = ref & (ref_all | (ref_bank == k)) if p.hbm_refresh_per_bank else ref_all
+            t_rfc = p.hbm_t_rfcsb if p.hbm_refresh_per_bank else p.hbm_t_rfc
+            with m.If(act & (act_bank == k)):
+                m.d.sync += [timer[k].eq(Mux(is_open[k], cost_open, cost_closed)),
+                             is_open[k].eq(1), open_row[k].eq(act_row), refreshing[k].eq(0)]
+            with m.Elif(kref):
+                m.d.sync += [timer[k].eq(Mux(is_open[k], p.hbm_t_rp, 0) + t_rfc - 1),
+                             is_open[k].eq(0), refreshing[k].eq(1)]
+            with m.Elif(timer[k] != 0):
+                m.d.sync += timer[k].eq(timer[k] - 1)
+            with m.Else():
+                m.d.sync += refreshing[k].eq(0)
+            with m.If(issue & (head_bank == k)):
+                m.d.sync += age[k].eq(0)
+            with m.Elif(age[k] != recent_window):
+                m.d.sync += age[k].eq(age[k] + 1)
+
+        return m
+
+
+class HbmController(wiring.Component):
+    """The HBM model: ``n_ports`` in-order ports over ``hbm_channels`` channels.
+
+    Members: ``ports`` (array of ``In(hbm_port_signature(p))``; port index = arbitration identity),
+    ``stats`` (``Out(hbm_stats_signature(p))``), ``error`` (``Out(1)``, sticky protocol error),
+    ``refresh_cmd`` (``Out(hbm_channels)``, one-cycle strobe per REFsb/REFab command issued).
+    See the module docstring for the cycle-level contract.
+    """
+
+    def __init__(self, params: RduParams, n_ports: int):
+        assert n_ports >= 1
+        self.p = params
+        self.n_ports = n_ports
+        self.geo = HbmGeometry(params)
+        super().__init__({
+            "ports": In(hbm_port_signature(params)).array(n_ports),
+            "stats": Out(hbm_stats_signature(params)),
+            "error": Out(1),
+            "refresh_cmd": Out(params.hbm_channels),
+        })
+
+    def elaborate(self, platform):
+        p, geo, n = self.p, self.geo, self.n_ports
+        m = Module()
+        C = p.hbm_channels
+        port_bits = max(1, (n - 1).bit_length())
+        bm1_bits = max(1, (p.hbm_burst_beats - 1).bit_length())
+        entry_layout = data.StructLayout({
+            "lb": geo.local_block_bits, "off": max(1, geo.burst_bits), "beats_m1": bm1_bits,
+            "write": 1, "port": port_bits,
+        })
+        chans = []
+        for c in range(C):
+            ch = _Channel(p, geo, n, entry_layout)
+            m.submodules[f"ch{c}"] = ch
+            chans.append(ch)
+        m.d.comb += [
+            self.stats.rd_beat.eq(Cat(ch.rd_beat for ch in chans)),
+            self.stats.wr_beat.eq(Cat(ch.wr_beat for ch in chans)),
+            self.stats.row_miss.eq(Cat(ch.row_miss for ch in chans)),
+            self.stats.refresh.eq(Cat(ch.refresh_stall for ch in chans)),
+            self.error.eq(Cat(ch.error for ch in chans) != 0),
+            self.refresh_cmd.eq(Cat(ch.refresh_cmd for ch in chans)),
+        ]
+
+        rbuf_depth = hbm_response_buffer_beats(p)
+        order_layout = data.StructLayout({"channel": max(1, geo.channel_bits), "beats_m1": bm1_bits})
+
+        # per-port decode of the request at the head of each port
+        req_ch = [Signal(max(1, geo.channel_bits), name=f"p{i}_req_ch") for i in range(n)]
+        req_entry = [Signal(entry_layout, name=f"p{i}_req_entry") for i in range(n)]
+        wlock = [Signal(name=f"p{i}_wlock") for i in range(n)]        # a channel collects its wdata
+        order = []
+        credits = []   # credits[i][c]
+        rbufs = []     # rbufs[i][c]
+        for i, port in enumerate(self.ports):
+            a = port.req.payload.addr
+            blk = a[geo.burst_bits:]
+            m.d.comb += [
+                req_ch[i].eq(blk[:geo.channel_bits] if geo.channel_bits else 0),
+                req_entry[i].lb.eq(blk[geo.channel_bits:]),
+                req_entry[i].off.eq(a[:geo.burst_bits] if geo.burst_bits else 0),
+                req_entry[i].beats_m1.eq(port.req.payload.beats_m1),
+                req_entry[i].write.eq(port.req.payload.write),
+                req_entry[i].port.eq(i),
+            ]
+            of = SyncFIFO(width=order_layout.size, depth=rbuf_depth)
+            m.submodules[f"p{i}_order"] = of
+            order.append(of)
+            credits.append([Signal(range(rbuf_depth + 1), init=rbuf_depth, name=f"p{i}_c{c}_credits")
+                            for c in range(C)])
+            rb = [SyncFIFO(width=p.beat_bits, depth=rbuf_depth) for c in range(C)]
+            for c in range(C):
+                m.submodules[f"p{i}_c{c}_rbuf"] = rb[c]
+            rbufs.append(rb)
+
+        # ---- per-channel intake: round-robin grant + write-data collection ----------------
+        grants = [[Signal(name=f"c{c}_grant_p{i}") for i in range(n)] for c in range(C)]
+        for c, ch in enumerate(chans):
+            rr = Signal(range(n), name=f"c{c}_rr")
+            coll_left = Signal(range(p.hbm_burst_beats + 1), name=f"c{c}_coll_left")
+            coll_port = Signal(range(max(2, n)), name=f"c{c}_coll_port")
+            coll_entry = Signal(entry_layout, name=f"c{c}_coll_entry")
+            want = Signal(n, name=f"c{c}_want")
+            for i, port in enumerate(self.ports):
+                pl = port.req.payload
+                beats = pl.beats_m1 + 1
+                read_ok = (credits[i][c] >= beats) & order[i].w_rdy
+                m.d.comb += want[i].eq(port.req.valid & (req_ch[i] == c) & ~wlock[i] & ch.space
+                                       & (coll_left == 0) & (pl.write | read_ok))
+            # round robin: first requester at or after rr, else first requester overall
+            hi = Signal(n, name=f"c{c}_want_hi")
+            m.d.comb += hi.eq(want & ~((1 << rr) - 1))
+            sel = Signal(range(n), name=f"c{c}_sel")
+            for i in reversed(range(n)):
+                with m.If(want[i]):
+                    m.d.comb += sel.eq(i)
+            for i in reversed(range(n)):
+                with m.If(hi[i]):
+                    m.d.comb += sel.eq(i)
+            any_grant = want != 0
+            for i in range(n):
+                m.d.comb += grants[c][i].eq(any_grant & (sel == i))
+            with m.If(any_grant):
+                m.d.sync += rr.eq(Mux(sel == n - 1, 0, sel + 1))
+
+            sel_entry = Signal(entry_layout, name=f"c{c}_sel_entry")
+            with m.Switch(sel):
+                for i in range(n):
+                    with m.Case(i):
+                        m.d.comb += sel_entry.eq(req_entry[i])
+            # reads enqueue at grant; writes after their data is in the channel's write FIFO
+            with m.If(any_grant & ~sel_entry.write):
+                m.d.comb += [ch.push.eq(1), ch.push_entry.eq(sel_entry)]
+            with m.If(any_grant & sel_entry.write):
+                m.d.sync += [coll_left.eq(sel_entry.beats_m1 + 1), coll_port.eq(sel),
+                             coll_entry.eq(sel_entry)]
+            wd_valid = Signal(name=f"c{c}_wd_valid")
+            with m.Switch(coll_port):
+                for i, port in enumerate(self.ports):
+                    with m.Case(i):
+                        m.d.comb += [wd_valid.eq(port.wdata.valid),
+                                     ch.wfifo.w_data.eq(port.wdata.payload)]
+            take = Signal(name=f"c{c}_wtake")
+            m.d.comb += take.eq((coll_left != 0) & wd_valid & ch.wfifo.w_rdy)
+            m.d.comb += ch.wfifo.w_en.eq(take)
+            with m.If(take):
+                m.d.sync += coll_left.eq(coll_left - 1)
+                with m.If(coll_left == 1):
+                    m.d.comb += [ch.push.eq(1), ch.push_entry.eq(coll_entry)]
+            for i, port in enumerate(self.ports):
+                with m.If(take & (coll_port == i)):
+                    m.d.comb += port.wdata.ready.eq(1)
+                with m.If((coll_left != 0) & (coll_port == i)):
+                    m.d.comb += wlock[i].eq(1)
+
+        # ---- per-port: accept, order bookkeeping, credits, response delivery ---------------
+        for i, port in enumerate(self.ports):
+            granted = Signal(name=f"p{i}_granted")
+            m.d.comb += granted.eq(Cat(grants[c][i] for c in range(C)) != 0)
+            m.d.comb += port.req.ready.eq(granted)
+            is_read = granted & ~port.req.payload.write
+            oin = Signal(order_layout)
+            m.d.comb += [oin.channel.eq(req_ch[i]), oin.beats_m1.eq(port.req.payload.beats_m1),
+                         order[i].w_data.eq(oin), order[i].w_en.eq(is_read)]
+
+            # beats leaving the channels' latency pipes land in this port's buffers
+            for c, ch in enumerate(chans):
+                m.d.comb += [rbufs[i][c].w_data.eq(ch.out_data),
+                             rbufs[i][c].w_en.eq(ch.out_valid & (ch.out_port == i))]
+
+            ohead = Signal(order_layout)
+            m.d.comb += ohead.eq(order[i].r_data)
+            beat_idx = Signal(bm1_bits, name=f"p{i}_beat_idx")
+            rb_rdy = Array(rb.r_rdy for rb in rbufs[i])[ohead.channel]
+            rb_data = Array(rb.r_data for rb in rbufs[i])[ohead.channel]
+            m.d.comb += [port.rdata.valid.eq(order[i].r_rdy & rb_rdy),
+                         port.rdata.payload.eq(rb_data)]
+            deliver = Signal(name=f"p{i}_deliver")
+            m.d.comb += deliver.eq(port.rdata.valid & port.rdata.ready)
+            with m.If(deliver):
+                with m.If(beat_idx == ohead.beats_m1):
+                    m.d.sync += beat_idx.eq(0)
+                    m.d.comb += order[i].r_en.eq(1)
+                with m.Else():
+                    m.d.sync += beat_idx.eq(beat_idx + 1)
+            for c in range(C):
+                popped = deliver & (ohead.channel == c)
+                m.d.comb += rbufs[i][c].r_en.eq(popped)
+                reserved = Mux(grants[c][i] & ~port.req.payload.write, port.req.payload.beats_m1 + 1, 0)
+                m.d.sync += credits[i][c].eq(credits[i][c] - reserved + popped)
+        return m

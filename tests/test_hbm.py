@@ -1,0 +1,393 @@
+"""Unit tests of hdl/hbm.py in Amaranth's simulator, with a reduced geometry (64 KiB, latency 12)."""
+
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from hdl.hbm import HbmController, HbmGeometry
+from hdl.params import RduParams
+
+# refresh pushed far away unless a test wants it, so latencies are exact
+P = RduParams(hbm_bytes=64 * 1024, hbm_read_latency=12, hbm_t_refi=1 << 16)
+MASK = (1 << P.beat_bits) - 1
+
+
+def rand_beat(rng):
+    return rng.getrandbits(P.beat_bits)
+
+
+def make_sim(dut):
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    return sim
+
+
+def run_with_watchdog(sim, finished, limit_cycles, what):
+    """Run until every entry of ``finished`` (a dict filled by the testbenches) is set, failing
+    with ``what`` after ``limit_cycles`` so that a hang is a failure, not a stuck test."""
+    state = {}
+
+    async def watchdog(ctx):
+        for _ in range(limit_cycles):
+            if finished and all(finished.values()):
+                return
+            await ctx.tick()
+        state["timeout"] = True
+
+    sim.add_testbench(watchdog)
+    sim.run()
+    assert "timeout" not in state, f"watchdog: {what} not finished after {limit_cycles} cycles ({finished})"
+
+
+async def send_req(ctx, port, addr, beats, write):
+    ctx.set(port.req.payload.addr, addr)
+    ctx.set(port.req.payload.beats_m1, beats - 1)
+    ctx.set(port.req.payload.write, write)
+    ctx.set(port.req.valid, 1)
+    await ctx.tick().until(port.req.ready)
+    ctx.set(port.req.valid, 0)
+
+
+async def send_wdata(ctx, port, beats):
+    for b in beats:
+        ctx.set(port.wdata.payload, b)
+        ctx.set(port.wdata.valid, 1)
+        await ctx.tick().until(port.wdata.ready)
+    ctx.set(port.wdata.valid, 0)
+
+
+async def write_burst(ctx, port, addr, beats):
+    """Request then data (data right behind the request, as the contract asks)."""
+    ctx.set(port.req.payload.addr, addr)
+    ctx.set(port.req.payload.beats_m1, len(beats) - 1)
+    ctx.set(port.req.payload.write, 1)
+    ctx.set(port.req.valid, 1)
+    ctx.set(port.wdata.payload, beats[0])
+    ctx.set(port.wdata.valid, 1)
+    await ctx.tick().until(port.req.ready)
+    ctx.set(port.req.valid, 0)
+    await send_wdata(ctx, port, beats)
+
+
+async def recv(ctx, port, n, ready_prob=1.0, rng=None):
+    out = []
+    while len(out) < n:
+        rdy = 1 if ready_prob >= 1.0 else int(rng.random() < ready_prob)
+        ctx.set(port.rdata.ready, rdy)
+        _, _, valid, payload = await ctx.tick().sample(port.rdata.valid, port.rdata.payload)
+        if valid and rdy:
+            out.append(payload)
+    ctx.set(port.rdata.ready, 0)
+    return out
+
+
+def bursts_of(addr, n, burst):
+    """Split n sequential beats from addr into block-aligned requests."""
+    reqs = []
+    while n:
+        k = min(n, burst - addr % burst)
+        reqs.append((addr, k))
+        addr += k
+        n -= k
+    return reqs
+
+
+def test_roundtrip_two_ports_random():
+    """Random partial/full writes from two ports, then random reads; exact data, in order."""
+    dut = HbmController(P, 2)
+    rng = random.Random(1)
+    burst = P.hbm_burst_beats
+    model = {}
+    regions = [(0, P.hbm_beats // 2), (P.hbm_beats // 2, P.hbm_beats)]
+    results = {}
+
+    def plan(i):
+        lo, hi = regions[i]
+        writes, reads = [], []
+        for _ in range(24):
+            a = rng.randrange(lo, hi)
+            k = rng.randint(1, burst - a % burst)
+            data = [rand_beat(rng) for _ in range(k)]
+            writes.append((a, data))
+            for j, d in enumerate(data):
+                model[a + j] = d
+        for _ in range(24):
+            a = rng.randrange(lo, hi)
+            k = rng.randint(1, burst - a % burst)
+            reads.append((a, k))
+        return writes, reads
+
+    plans = [plan(0), plan(1)]
+
+    def mk(i):
+        port = dut.ports[i]
+        writes, reads = plans[i]
+
+        async def issuer(ctx):
+            for a, data in writes:
+                await write_burst(ctx, port, a, data)
+            for a, k in reads:
+                await send_req(ctx, port, a, k, 0)
+
+        async def receiver(ctx):
+            n = sum(k for _, k in reads)
+            results[i] = await recv(ctx, port, n, ready_prob=0.6, rng=random.Random(i))
+            finished[i] = True
+        return issuer, receiver
+
+    finished = {0: False, 1: False}
+    sim = make_sim(dut)
+    for i in range(2):
+        a, b = mk(i)
+        sim.add_testbench(a, background=True)
+        sim.add_testbench(b, background=True)
+    run_with_watchdog(sim, finished, 3000, "round trip")
+    for i in range(2):
+        expect = [model.get(a + j, 0) for a, k in plans[i][1] for j in range(k)]
+        assert results.get(i) == expect, f"port {i} read data mismatch"
+
+
+async def timed_read(ctx, dut, port, addr, beats=1):
+    """Cycles from the request handshake to the first valid rdata beat."""
+    ctx.set(port.rdata.ready, 1)
+    await send_req(ctx, port, addr, beats, 0)
+    t = 0
+    while True:
+        t += 1
+        _, _, valid = await ctx.tick().sample(port.rdata.valid)
+        if valid:
+            break
+    for _ in range(beats - 1):
+        await ctx.tick()
+    return t
+
+
+def test_latency_row_hit_miss_conflict():
+    """Closed bank: L + tRCD; row hit: L; other row open in the bank: L + tRP + tRCD."""
+    dut = HbmController(P, 1)
+    geo = HbmGeometry(P)
+    # two addresses in channel 0, bank 0, rows 0 and 1
+    a_row0, a_row1 = geo.compose(0, 0, 0), geo.compose(0, 0, 1)
+    assert geo.split(a_row0)[:3] == (0, 0, 0) and geo.split(a_row1)[:3] == (0, 0, 1)
+    lat = {}
+    misses = []
+
+    async def tb(ctx):
+        lat["closed"] = await timed_read(ctx, dut, dut.ports[0], a_row0)
+        lat["hit"] = await timed_read(ctx, dut, dut.ports[0], a_row0 + 1)
+        lat["conflict"] = await timed_read(ctx, dut, dut.ports[0], a_row1)
+
+    async def mon(ctx):
+        async for _, _, rm in ctx.tick().sample(dut.stats.row_miss):
+            if rm:
+                misses.append(rm)
+
+    sim = make_sim(dut)
+    sim.add_testbench(tb)
+    sim.add_testbench(mon, background=True)
+    sim.run()
+    L = P.hbm_read_latency
+    assert lat == {"closed": L + P.hbm_t_rcd, "hit": L, "conflict": L + P.hbm_t_rp + P.hbm_t_rcd}
+    assert len(misses) == 2
+
+
+def test_order_kept_across_channels():
+    """A slow channel (row conflict) followed by a fast one: data still comes back in order."""
+    dut = HbmController(P, 1)
+    geo = HbmGeometry(P)
+    rng = random.Random(5)
+    model = {}
+    got = []
+    # ch0 bank 0 row 0 opened, then ch0 bank 0 row 1 (conflict, slow), then ch1 (closed, faster),
+    # then ch0 row 1 again (hit), then ch1 again
+    seq = [(geo.compose(0, 0, 0), 4), (geo.compose(0, 0, 1), 4), (geo.compose(1, 0, 0), 4),
+           (geo.compose(0, 0, 1, col=1), 4), (geo.compose(1, 0, 0, col=1), 4)]
+
+    async def tb(ctx):
+        port = dut.ports[0]
+        for a, k in seq:
+            data = [rand_beat(rng) for _ in range(k)]
+            for j, d in enumerate(data):
+                model[a + j] = d
+            await write_burst(ctx, port, a, data)
+        for a, k in seq:
+            await send_req(ctx, port, a, k, 0)
+
+    async def rx(ctx):
+        got.extend(await recv(ctx, dut.ports[0], sum(k for _, k in seq)))
+
+    sim = make_sim(dut)
+    sim.add_testbench(tb)
+    sim.add_testbench(rx)
+    sim.run()
+    assert got == [model[a + j] for a, k in seq for j in range(k)]
+
+
+def test_stalled_port_does_not_block_other_port():
+    """Port 0 floods reads and never takes rdata; port 1 still streams all its reads."""
+    dut = HbmController(P, 2)
+    done = {}
+
+    async def flood(ctx):
+        port = dut.ports[0]
+        ctx.set(port.rdata.ready, 0)
+        a = 0
+        while True:
+            await send_req(ctx, port, a % (P.hbm_beats // 2), 4, 0)
+            a += 4
+
+    async def worker(ctx):
+        port = dut.ports[1]
+        base = P.hbm_beats // 2
+        n = 0
+        for i in range(64):
+            await send_req(ctx, port, base + 4 * i, 4, 0)
+            n += 4
+        done["reqs"] = True
+
+    async def rx(ctx):
+        data = await recv(ctx, dut.ports[1], 256)
+        done["beats"] = len(data)
+
+    sim = make_sim(dut)
+    sim.add_testbench(flood, background=True)
+    sim.add_testbench(worker, background=True)
+    sim.add_testbench(rx, background=True)
+    finished = {}
+
+    async def flag(ctx):
+        while done.get("beats") is None:
+            await ctx.tick()
+        finished["rx"] = True
+    sim.add_testbench(flag, background=True)
+    finished["rx"] = False
+    run_with_watchdog(sim, finished, 2000, "port 1 stream next to a stalled port 0")
+    assert done == {"reqs": True, "beats": 256}
+
+
+def test_error_on_block_crossing():
+    dut = HbmController(P, 1)
+    seen = {}
+
+    async def tb(ctx):
+        port = dut.ports[0]
+        ctx.set(port.rdata.ready, 1)
+        await send_req(ctx, port, 0, 4, 0)       # legal: full block
+        for _ in range(30):
+            await ctx.tick()
+        seen["before"] = ctx.get(dut.error)
+        await send_req(ctx, port, 2, 4, 0)       # 2 + 4 > 4: crosses its block
+        for _ in range(30):
+            await ctx.tick()
+        seen["after"] = ctx.get(dut.error)
+
+    sim = make_sim(dut)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == {"before": 0, "after": 1}
+
+
+def _stream_reads(params, n_ports, beats_per_port, cycles_limit):
+    """Every port streams sequential full-burst reads over its own region; returns
+    (cycles from first request to last beat, beats moved, stats counters)."""
+    dut = HbmController(params, n_ports)
+    span = params.hbm_beats // n_ports
+    t = {"first": None, "last": 0, "cycle": 0}
+    counts = {"refresh": 0, "row_miss": 0, "rd_beat": 0, "refresh_cmd": 0}
+    got = {}
+
+    async def clock(ctx):
+        async for _, _, rf, rm, rb, rc in ctx.tick().sample(
+                dut.stats.refresh, dut.stats.row_miss, dut.stats.rd_beat, dut.refresh_cmd):
+            t["cycle"] += 1
+            counts["refresh"] += bin(rf).count("1")
+            counts["row_miss"] += bin(rm).count("1")
+            counts["rd_beat"] += bin(rb).count("1")
+            counts["refresh_cmd"] += bin(rc).count("1")
+
+    def mk(i):
+        port = dut.ports[i]
+
+        async def issuer(ctx):
+            for k in range(beats_per_port // params.hbm_burst_beats):
+                if t["first"] is None:
+                    t["first"] = t["cycle"]
+                await send_req(ctx, port, i * span + (k * params.hbm_burst_beats) % span,
+                               params.hbm_burst_beats, 0)
+
+        async def receiver(ctx):
+            got[i] = len(await recv(ctx, port, beats_per_port))
+            t["last"] = max(t["last"], t["cycle"])
+            finished[i] = True
+        return issuer, receiver
+
+    finished = {i: False for i in range(n_ports)}
+    sim = make_sim(dut)
+    sim.add_testbench(clock, background=True)
+    for i in range(n_ports):
+        a, b = mk(i)
+        sim.add_testbench(a, background=True)
+        sim.add_testbench(b, background=True)
+    run_with_watchdog(sim, finished, cycles_limit, "streaming reads")
+    assert got == {i: beats_per_port for i in range(n_ports)}
+    return t["last"] - t["first"], beats_per_port * n_ports, counts
+
+
+def test_refresh_per_bank_hidden_under_streaming():
+    """Short tREFI (a REFsb every 40 cycles per channel, each 32 cycles long: 5% of each bank's
+    time, like the default 128/3120): the refreshes are all issued, yet two sequential streams
+    keep both channels >= 90% busy, because the controller refreshes banks the streams have
+    just left instead of banks they are about to need."""
+    # 256 KiB so that each stream walks fresh rows (no wrap-around) like a weight stream does
+    p = P.replace(hbm_bytes=256 * 1024, hbm_t_refi=640, hbm_t_rfcsb=32)
+    cycles, beats, counts = _stream_reads(p, 2, 2048, 4000)
+    interval = p.hbm_t_refi // p.hbm_banks
+    assert counts["rd_beat"] == beats
+    assert counts["refresh_cmd"] >= p.hbm_channels * (cycles // interval - p.hbm_refresh_postpone - 1)
+    # startup latency excluded from the steady state estimate
+    util = beats / (cycles - p.hbm_read_latency - p.hbm_t_rcd) / p.hbm_channels
+    assert util >= 0.90, (util, counts)
+
+
+def test_refresh_per_bank_stall_when_idle():
+    """An idle channel falls behind by hbm_refresh_postpone REFsb, then forces them on the
+    lowest banks in order; a read to a bank under refresh waits for it (stats.refresh high)."""
+    p = P.replace(hbm_t_refi=16 * 20, hbm_t_rfcsb=64)
+    dut = HbmController(p, 1)
+    geo = HbmGeometry(p)
+    seen = {"refresh_cmd": [], "stall": 0}
+
+    async def mon(ctx):
+        cyc = 0
+        async for _, _, rc, rf in ctx.tick().sample(dut.refresh_cmd, dut.stats.refresh):
+            cyc += 1
+            if rc & 1:
+                seen["refresh_cmd"].append(cyc)
+            seen["stall"] += rf & 1
+
+    async def tb(ctx):
+        for _ in range(p.hbm_refresh_postpone * 20 + 5):   # channel 0 bank 0 is now refreshing
+            await ctx.tick()
+        seen["lat"] = await timed_read(ctx, dut, dut.ports[0], geo.compose(0, 0, 0))
+
+    sim = make_sim(dut)
+    sim.add_testbench(mon, background=True)
+    sim.add_testbench(tb)
+    sim.run()
+    first = seen["refresh_cmd"][0]
+    assert abs(first - p.hbm_refresh_postpone * 20) <= 2, seen["refresh_cmd"]
+    L = p.hbm_read_latency
+    assert L + p.hbm_t_rcd < seen["lat"] <= L + p.hbm_t_rcd + p.hbm_t_rfcsb, seen
+    assert 0 < seen["stall"] <= p.hbm_t_rfcsb
+
+
+def test_refresh_all_bank_blocks_channel():
+    """All-bank refresh: the refresh strobe is high for whole tRFC windows and the stream pays."""
+    p = P.replace(hbm_t_refi=400, hbm_t_rfc=100, hbm_refresh_per_bank=False)
+    cycles, beats, counts = _stream_reads(p, 2, 512, 3000)
+    n_refresh_windows = cycles // p.hbm_t_refi
+    # each channel is blocked tRFC (+ maybe tRP) per window
+    assert counts["refresh"] >= p.hbm_channels * (n_refresh_windows - 1) * p.hbm_t_rfc
+    util = beats / cycles / p.hbm_channels
+    assert util < 1 - p.hbm_t_rfc / p.hbm_t_refi + 0.05
