@@ -25,17 +25,15 @@ A geometry that needs more than 256 ids is refused (:class:`ValueError`).
 Register counts
     Each unit of kind ``k`` has :func:`regs_per_kind` ``(k)`` configuration registers, addresses
     ``0 .. n-1`` on the config bus; the config controller refuses a bitstream that writes outside
-    that range (``REG_OUT_OF_RANGE``). :data:`REGS_PER_KIND` holds the *bounds* used until the unit
-    module exists: 64 registers each (the bus allows 256). A unit module ``hdl/<kind>.py`` declares
-    its real register map by defining, at module level,
+    that range (``REG_OUT_OF_RANGE``). :data:`REGS_PER_KIND` holds the placeholder counts used
+    until the unit module exists (64 each). A unit module ``hdl/<kind>.py`` declares its real
+    register map at module level (imported lazily, so this module never depends on the unit
+    modules):
 
-    - ``CONFIG_REGS``: an :class:`enum.IntEnum` of register names -> addresses, and optionally
-    - ``N_CONFIG_REGS``: the register count (default ``max(CONFIG_REGS) + 1``),
-
-    and must fit in the bound. When the module defines them, :func:`regs_per_kind` returns the real
-    count (imported lazily, so this module never depends on the unit modules). As a transition aid
-    a module without ``CONFIG_REGS`` is searched for one IntEnum whose name ends in ``Reg`` or
-    ``Regs`` (e.g. ``AgcuReg``), used the same way.
+    - the count: ``N_CONFIG_REGS`` or ``<KIND>_N_REGS`` (e.g. ``PCU_N_REGS``), 1..256 (the 8-bit
+      bus address); without one, ``max(register enum) + 1``;
+    - the names (for ``rdu inspect``): ``CONFIG_REGS``, an :class:`enum.IntEnum`, or else the one
+      IntEnum of the module whose name ends in ``Reg``/``Regs`` (``AgcuReg``, ``PcuReg``, ...).
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from functools import lru_cache
 from .params import RduParams
 
 __all__ = ["UnitInfo", "KINDS", "REGS_PER_KIND", "MAX_UNITS", "unit_map", "unit_by_id",
-           "units_of_kind", "unit_id", "regs_per_kind", "register_enum", "kind_ranges"]
+           "units_of_kind", "unit_id", "regs_per_kind", "MAX_REGS", "register_enum", "kind_ranges"]
 
 KINDS = ("agcu", "pcu", "pmu", "switch", "sequencer")
 
@@ -62,6 +60,7 @@ REGS_PER_KIND = {
 }
 
 MAX_UNITS = 256  # 8-bit unit id on the config bus
+MAX_REGS = 256   # 8-bit register address on the config bus
 
 
 @dataclass(frozen=True)
@@ -103,19 +102,22 @@ def register_enum(kind: str) -> type[enum.IntEnum] | None:
 
 def regs_per_kind(kind: str) -> int:
     """Configuration register count of a unit of ``kind`` (real count, or the bound)."""
-    bound = REGS_PER_KIND[kind]
     mod = _unit_module(kind)
-    n = getattr(mod, "N_CONFIG_REGS", None) if mod is not None else None
+    n = None
+    if mod is not None:
+        n = getattr(mod, "N_CONFIG_REGS", None)
+        if n is None:
+            n = getattr(mod, f"{kind.upper()}_N_REGS", None)
     if n is None:
         regs = register_enum(kind)
         if regs is not None and len(regs):
             n = max(int(r) for r in regs) + 1
     if n is None:
-        return bound
+        return REGS_PER_KIND[kind]
     n = int(n)
-    if not 0 < n <= bound:
-        raise ValueError(f"hdl/{kind}.py declares {n} configuration registers; the unit map "
-                         f"allows 1..{bound} (REGS_PER_KIND in hdl/unitmap.py)")
+    if not 0 < n <= MAX_REGS:
+        raise ValueError(f"hdl/{kind}.py declares {n} configuration registers; the config bus "
+                         f"addresses 1..{MAX_REGS}")
     return n
 
 
