@@ -374,3 +374,272 @@ def test_gather_random_stalls_and_scalar_gather():
 
     simulate(dut, main, [sender(dut.swin, table, rng, 0.8), gfeed, sfeed,
                          receiver(dut.rout, got, rng, 0.5), receiver(dut.sout, sgot, rng, 0.5)])
+
+
+# ---- N-buffering -------------------------------------------------------------------------------
+
+def monitor(dut, events, signals):
+    """Record, per cycle, which of the named (valid, ready) pairs transferred."""
+    names = list(signals)
+
+    async def proc(ctx):
+        cyc = 0
+        flat = [s for n in names for s in (signals[n].valid, signals[n].ready)]
+        while True:
+            vals = (await ctx.tick().sample(*flat))[2:]
+            for k, n in enumerate(names):
+                if vals[2 * k] and vals[2 * k + 1]:
+                    events.setdefault(n, []).append(cyc)
+            cyc += 1
+    return proc
+
+
+@pytest.mark.parametrize("n_buf,seed", [(2, 0), (3, 1), (1, 2)])
+def test_multi_buffer_random_stalls(n_buf, seed):
+    rng = random.Random(seed)
+    dut = Pmu(P, UNIT)
+    bpb, passes, repeat = 4, 6, 2
+    data = [pack([rng.getrandbits(32) for _ in range(L)]) for _ in range(bpb * passes)]
+    expect = [b for k in range(passes) for _ in range(repeat) for b in data[k * bpb:(k + 1) * bpb]]
+    cfg = PmuConfig.double_buffer(bpb, n_buf, passes, repeat, base=3, full_tokens=True,
+                                  empty_tokens=True)
+    got, ev = [], {}
+
+    async def main(ctx):
+        await configure(ctx, dut, cfg)
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.OK
+        await ctx.tick()
+        assert got == expect
+        assert len(ev["full"]) == passes and len(ev["empty"]) == passes
+        # no buffer written before it was freed: a write at cycle c needs enough free tokens
+        # (a token is visible the cycle after the buffer became free, the earliest cycle the
+        # producer may use it)
+        for n, c in enumerate(ev["win"]):
+            freed = sum(1 for t in ev["empty"] if t <= c)
+            assert n // bpb < freed + n_buf, (n, c)
+        # a buffer is read only after its full token (full visible one cycle after the write)
+        for n, c in enumerate(ev["rout"]):
+            k = n // (bpb * repeat)
+            assert sum(1 for t in ev["full"] if t <= c) > k
+        if n_buf > 1:   # the producer really ran ahead: pass k+1 written while k is read
+            assert any(ev["win"][(k + 1) * bpb] < ev["rout"][(k + 1) * bpb * repeat - 1]
+                       for k in range(passes - 1))
+
+    sigs = {"win": dut.win, "rout": dut.rout, "full": dut.ctl_out[0], "empty": dut.ctl_out[1]}
+    simulate(dut, main, [sender(dut.win, data, rng, 0.5), receiver(dut.rout, got, rng, 0.5),
+                         receiver(dut.ctl_out[0], [], None), receiver(dut.ctl_out[1], [], None),
+                         monitor(dut, ev, sigs)])
+
+
+def test_external_full_and_free_tokens():
+    """FULL_EXT/FREE_EXT: buffers become full/free only on ctl_in tokens, sent late here."""
+    rng = random.Random(5)
+    dut = Pmu(P, UNIT)
+    bpb, passes, n_buf = 3, 4, 2
+    data = [pack([rng.getrandbits(32) for _ in range(L)]) for _ in range(bpb * passes)]
+    cfg = PmuConfig.double_buffer(bpb, n_buf, passes, full_ext=True, free_ext=True,
+                                  empty_tokens=True)
+    got, ev = [], {}
+    delay = 15
+
+    async def main(ctx):
+        await configure(ctx, dut, cfg)
+        await run(ctx, dut)
+        assert got == data
+        assert ctx.get(dut.ctrl.status) == PmuStatus.OK
+        assert len(ev["xfull"]) == passes and len(ev["xfree"]) == passes
+        assert ev["empty"] == [t + 1 for t in ev["xfree"]]    # FREE only on the external token
+        for k in range(passes):
+            # reading of buffer k starts after its external full token
+            assert ev["rout"][k * bpb] > ev["xfull"][k] + 2
+            # the external full token is taken only after the write side finished the buffer
+            assert ev["xfull"][k] > ev["win"][(k + 1) * bpb - 1]
+            if k + n_buf < passes:   # buffer reused only after the external free token
+                assert ev["win"][(k + n_buf) * bpb] > ev["xfree"][k]
+
+    async def tokens(ctx):
+        # full token k: offered `delay` cycles after the k-th buffer's last write;
+        # free token k: `delay` cycles after the k-th buffer's last beat left on rout.
+        cyc, sent_full, sent_free = 0, 0, 0
+        while sent_free < passes:
+            w, r = len(ev.get("win", [])), len(ev.get("rout", []))
+            want_full = sent_full < passes and w >= (sent_full + 1) * bpb and \
+                cyc >= ev["win"][(sent_full + 1) * bpb - 1] + delay
+            want_free = r >= (sent_free + 1) * bpb and \
+                cyc >= ev["rout"][(sent_free + 1) * bpb - 1] + delay
+            ctx.set(dut.ctl_in[0].valid, want_full)
+            ctx.set(dut.ctl_in[1].valid, want_free)
+            _, _, r0, r1 = await ctx.tick().sample(dut.ctl_in[0].ready, dut.ctl_in[1].ready)
+            sent_full += bool(want_full and r0)
+            sent_free += bool(want_free and r1)
+            cyc += 1
+        ctx.set(dut.ctl_in[0].valid, 0)
+        ctx.set(dut.ctl_in[1].valid, 0)
+
+    sigs = {"win": dut.win, "rout": dut.rout, "xfull": dut.ctl_in[0], "xfree": dut.ctl_in[1],
+            "empty": dut.ctl_out[1]}
+    simulate(dut, main, [sender(dut.win, data, rng, 0.8), receiver(dut.rout, got, rng, 0.8),
+                         receiver(dut.ctl_out[1], [], None), tokens, monitor(dut, ev, sigs)])
+
+
+# ---- errors, unit id, control ------------------------------------------------------------------
+
+async def dump(ctx, dut, got, params=P):
+    """Read the whole scratchpad as beats (flat program) into ``got``; returns beats list."""
+    d = pmu_depth(params)
+    del got[:]
+    await configure(ctx, dut, PmuConfig(rd_passes=1, rd_counts=(d,), rd_strides=(1,)), params)
+    await run(ctx, dut)
+    return list(got)
+
+
+def test_out_of_range_write_read_and_index():
+    rng = random.Random(9)
+    dut = Pmu(P, UNIT)
+    D = pmu_depth(P)
+    data = [pack([rng.getrandbits(32) for _ in range(L)]) for _ in range(6)]
+    got = []
+
+    async def main(ctx):
+        # buffer at beats 8..11; the write program runs 6 beats: offsets 4, 5 are outside
+        await configure(ctx, dut, PmuConfig(buf_base=8, buf_size=4, wr_passes=1,
+                                            wr_counts=(6,), wr_strides=(1,)))
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.WR_OOB
+        mem = await dump(ctx, dut, got)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.OK
+        assert mem == [0] * 8 + data[:4] + [0] * (D - 12)
+        # negative offset via base
+        await configure(ctx, dut, PmuConfig(buf_base=8, buf_size=4, wr_passes=1, wr_base=-1,
+                                            wr_counts=(1,)))
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.WR_OOB
+        # read outside the buffer: zeros for the outside beats, RD_OOB
+        del got[:]
+        await configure(ctx, dut, PmuConfig(buf_base=8, buf_size=4, rd_passes=1, rd_base=2,
+                                            rd_counts=(4,), rd_strides=(1,)))
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.RD_OOB
+        assert got == [data[2], data[3], 0, 0]
+        # gather: table of 20 words at word 128 (beat 8); indices >= 20 give 0 and IDX_OOB
+        del got[:]
+        words = [w for b in data[:4] for w in unpack(b)]
+        ix = [0, 19, 20, 5, 1000, 3, 21, 7, 8, 9, 10, 11, 12, 13, 14, M32]
+        await configure(ctx, dut, PmuConfig(rd_mode=RdMode.GATHER, rd_passes=1, rd_base=128,
+                                            tbl_size=20))
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.IDX_OOB
+        assert got == [pack([words[i] if i < 20 else 0 for i in ix])]
+        # scalar gather inside the table but outside the scratchpad region: RD_OOB
+        await configure(ctx, dut, PmuConfig(rd_mode=RdMode.SGATHER, rd_passes=1,
+                                            rd_base=D * L - 2, tbl_size=100))
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.RD_OOB
+
+    async def feed(ctx):
+        await sender(dut.win, data, None)(ctx)
+        await sender(dut.win, [data[5]], None)(ctx)
+
+    simulate(dut, main, [feed, receiver(dut.rout, got, None),
+                         sender(dut.gidx, [pack([0, 19, 20, 5, 1000, 3, 21, 7, 8, 9, 10, 11, 12,
+                                                 13, 14, M32])]),
+                         sender(dut.sidx, [5]), receiver(dut.sout, [], None)])
+
+
+BAD_CONFIGS = [dict(n_buf=0), dict(n_buf=5), dict(buf_size=0), dict(buf_base=30, buf_size=4),
+               dict(sync=True, wr_passes=1, rd_passes=2),                  # reader would starve
+               dict(sync=True, wr_passes=4, rd_passes=1, n_buf=2, buf_size=4)]  # writer would block
+
+
+def test_bad_config():
+    dut = Pmu(P, UNIT)
+
+    async def main(ctx):
+        for bad in BAD_CONFIGS:
+            kw = dict(wr_passes=1, wr_counts=(2,), wr_strides=(1,))
+            kw.update(bad)
+            await configure(ctx, dut, PmuConfig(**kw))
+            cycles = await run(ctx, dut, timeout=10)
+            assert cycles == 2, bad        # start in s, busy in s+1, done in s+2: nothing ran
+            assert ctx.get(dut.ctrl.status) == PmuStatus.BAD_CONFIG, bad
+            assert not ctx.get(dut.win.ready)
+        # a good empty program also takes 2 cycles and clears the status
+        await configure(ctx, dut, PmuConfig())
+        assert await run(ctx, dut, timeout=10) == 2
+        assert ctx.get(dut.ctrl.status) == PmuStatus.OK
+
+    simulate(dut, main, [sender(dut.win, [1, 2], None)])
+
+
+def test_other_unit_ignored_and_start_while_busy():
+    rng = random.Random(4)
+    dut = Pmu(P, UNIT)
+    beats, R = 3, 2
+    data = [pack([rng.getrandbits(32) for _ in range(L)]) for _ in range(beats)]
+    got = []
+
+    async def main(ctx):
+        await configure(ctx, dut, PmuConfig.resident_vector(beats, R))
+        # writes addressed to other units must not change anything
+        for other in (UNIT - 1, UNIT + 1, 0xFF):
+            await configure(ctx, dut, PmuConfig.resident_vector(beats + 1, R + 3, base=7),
+                            unit=other)
+        ctx.set(dut.ctrl.start, 1)
+        await ctx.tick()
+        ctx.set(dut.ctrl.start, 0)
+        dones = 0
+        for cyc in range(200):
+            if cyc == 5:                     # start while busy: ignored
+                ctx.set(dut.ctrl.start, 1)
+                ctx.set(dut.ctrl.iteration, 3)
+            if cyc == 6:
+                ctx.set(dut.ctrl.start, 0)
+            _, _, done = await ctx.tick().sample(dut.ctrl.done)
+            dones += done
+        assert dones == 1
+        assert got == data * R
+        assert ctx.get(dut.ctrl.status) == PmuStatus.OK
+
+    simulate(dut, main, [sender(dut.win, data, rng, 0.3), receiver(dut.rout, got, rng, 0.5)])
+
+
+def test_default_size_double_buffer_and_gather():
+    """Full 16 KiB PMU: buffers at the top of the scratchpad, gather up to the last word."""
+    p = RduParams()
+    D = pmu_depth(p)
+    assert D == 256
+    rng = random.Random(21)
+    dut = Pmu(p, UNIT)
+    bpb, passes = 40, 3
+    base = D - 2 * bpb
+    data = [pack([rng.getrandbits(32) for _ in range(L)]) for _ in range(bpb * passes)]
+    got = []
+    ix = [[rng.randrange(2 * bpb * L) for _ in range(L)] for _ in range(4)]
+    ix[0][0] = 2 * bpb * L - 1               # last word of the scratchpad
+
+    async def main(ctx):
+        await configure(ctx, dut, PmuConfig.double_buffer(bpb, 2, passes, base=base), p)
+        await run(ctx, dut)
+        assert got == data
+        # the last two passes are now in the two buffers: gather from them as one table
+        del got[:]
+        mem = np.zeros(D * L, np.uint64)
+        for k in (1, 2):
+            slot = base + (k % 2) * bpb
+            for j in range(bpb):
+                mem[(slot + j) * L:(slot + j + 1) * L] = unpack(data[k * bpb + j])
+        await configure(ctx, dut, PmuConfig(rd_mode=RdMode.GATHER, rd_passes=1,
+                                            rd_counts=(len(ix),), rd_base=base * L,
+                                            tbl_size=2 * bpb * L), p)
+        await run(ctx, dut)
+        assert ctx.get(dut.ctrl.status) == PmuStatus.OK
+        assert got == [pack([mem[base * L + i] for i in row]) for row in ix]
+
+    async def gfeed(ctx):
+        while len(got) < len(data):
+            await ctx.tick()
+        await sender(dut.gidx, [pack(r) for r in ix], rng, 0.7)(ctx)
+
+    simulate(dut, main, [sender(dut.win, data, rng, 0.9), receiver(dut.rout, got, rng, 0.9),
+                         gfeed])
