@@ -46,8 +46,11 @@ Read side (one request per cycle), ``RD_MODE.MODE``:
     A pass = ``RD_REPEAT`` runs of the read chain over one buffer (one chain step per request;
     e.g. x re-read once per GEMV row: counts ``{beats, rows}``, strides ``{1, 0}``, or
     ``RD_REPEAT = rows``); ``RD_PASSES`` passes per ``start``.
-    ``RD_MODE.SERVICE = 1`` (LUT service): the read side runs whenever requests arrive, also
-    while the unit is not busy, ignores passes and buffer state, and is excluded from ``done``.
+    ``RD_MODE.SERVICE = 1`` (LUT service): the read side answers requests whenever they arrive,
+    also while the unit is not busy; it ignores ``RD_PASSES``/``RD_REPEAT``, never releases a
+    buffer and is excluded from ``done``. With ``SYNC = 1`` it waits until the write side has
+    filled buffer 0 (the table) since the last ``start``, so indices may arrive before the table
+    is loaded; with ``SYNC = 0`` reads are not ordered against writes at all.
 
 Read latency and throughput (fixed)
     A request issued in cycle ``t`` (a chain step in ``VECTOR``/``SCALAR``, an ``sidx`` transfer
@@ -56,7 +59,12 @@ Read latency and throughput (fixed)
     accepted in ``t`` issues its reads in ``t + 1 .. t + k`` (``k`` conflict groups) and is
     valid on ``rout`` in ``t + k + 2``. The first vector/scalar read after ``start`` in cycle
     ``s`` is issued in ``s + 1`` (``rout`` valid in ``s + 3``) when its buffer is full.
-    Sustained rate: 1 beat (or word) per cycle in every mode without conflicts.
+    Sustained rate: 1 beat (or word) per cycle in every mode without conflicts, across chain
+    wraps, repeats and buffer changes (the first read of a buffer can issue the cycle after its
+    last write). Writes: 1 beat or word per cycle, a write accepted in ``t`` lands at the end of
+    ``t``. Control: ``start`` in ``s`` -> ``busy`` from ``s + 1``; a program with nothing to
+    do (or ``BAD_CONFIG``) pulses ``done`` in ``s + 2``; otherwise ``done`` comes the cycle
+    after the last output word left the unit (or last token was taken).
 
 Back-pressure
     Each output has a ``FIFO_DEPTH``-entry FIFO (4); a request is issued only if the FIFO
@@ -414,7 +422,7 @@ class Pmu(wiring.Component):
         rd_go = Signal()
         m.d.comb += [
             rd_run.eq(service | (busy & ~cfg_bad & (rd_pass != rd_passes))),
-            rd_go.eq(rd_run & (service | ~sync_on | (n_full != 0))),
+            rd_go.eq(rd_run & (~sync_on | (n_full != 0))),
         ]
         vcredit = v_out < FIFO_DEPTH
         scredit = s_out < FIFO_DEPTH
@@ -740,8 +748,11 @@ class PmuConfig:
         """A lookup table of ``size`` words at word address ``table_base`` served in SERVICE
         mode (``gidx -> rout`` or, with ``scalar``, ``sidx -> sout``). ``load``: ``"vector"``
         writes the table as ``ceil(size/16)`` beats from ``win`` (``table_base`` beat-aligned),
-        ``"scalar"`` as ``size`` words from ``swin``, ``None`` leaves memory alone."""
+        ``"scalar"`` as ``size`` words from ``swin``, ``None`` leaves memory alone. With a load
+        the program is SYNC: lookups are held until the table is written; the program's
+        ``done`` means "table loaded"."""
         kw.setdefault("rd_mode", RdMode.SGATHER if scalar else RdMode.GATHER)
+        kw.setdefault("sync", load is not None)     # lookups wait for the table load
         c = cls(rd_service=True, rd_base=table_base, tbl_size=size, **kw)
         if load == "vector":
             if table_base % 16:

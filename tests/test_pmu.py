@@ -70,7 +70,7 @@ async def run(ctx, dut, iteration=0, timeout=5000):
     raise AssertionError(f"PMU not done after {timeout} cycles")
 
 
-def sender(stream, items, rng=None, p_valid=1.0, log=None):
+def sender(stream, items, rng=None, p_valid=1.0):
     async def proc(ctx):
         for cyc_item in items:
             while rng is not None and rng.random() > p_valid:
@@ -81,8 +81,6 @@ def sender(stream, items, rng=None, p_valid=1.0, log=None):
                 _, _, ready = await ctx.tick().sample(stream.ready)
                 if ready:
                     break
-            if log is not None:
-                log.append(ctx.get_time() if hasattr(ctx, "get_time") else None)
             ctx.set(stream.valid, 0)
     return proc
 
@@ -245,7 +243,7 @@ def test_resident_vector_reread_latency_throughput():
     dut = Pmu(P, UNIT)
     beats, R = 6, 4
     data = [pack([rng.getrandbits(32) for _ in range(L)]) for _ in range(beats)]
-    got, stamps, wstamps = [], [], []
+    got, ev = [], {}
 
     async def main(ctx):
         await configure(ctx, dut, PmuConfig.resident_vector(beats, R, base=10))
@@ -265,13 +263,14 @@ def test_resident_vector_reread_latency_throughput():
         await ctx.tick()
         assert not ctx.get(dut.ctrl.done)
         assert got == data * R
-        # back-to-back output, one beat per cycle
-        assert stamps == list(range(stamps[0], stamps[0] + beats * R))
+        # back-to-back writes and reads, one beat per cycle each; the first read is issued the
+        # cycle after the last write and is valid on rout 2 cycles later
+        w, r = ev["win"], ev["rout"]
+        assert w == list(range(w[0], w[0] + beats))
+        assert r == list(range(w[-1] + 3, w[-1] + 3 + beats * R))
 
-    async def feed(ctx):
-        await sender(dut.win, data, None)(ctx)
-
-    simulate(dut, main, [feed, receiver(dut.rout, got, None, 1.0, stamps)])
+    simulate(dut, main, [sender(dut.win, data), receiver(dut.rout, got),
+                         monitor(dut, ev, {"win": dut.win, "rout": dut.rout})])
 
 
 # ---- gather ------------------------------------------------------------------------------------
@@ -316,9 +315,7 @@ def test_gather_lut_conflicts():
         assert gaps == [gather_groups(ix, base) for ix in idxs[:-1]]
 
     async def gfeed(ctx):
-        while not loaded:
-            await ctx.tick()
-        cyc = 0
+        cyc = 0                     # offered from cycle 0: held until the table is loaded
         for ix in idxs:
             ctx.set(dut.gidx.valid, 1)
             ctx.set(dut.gidx.payload, pack(ix))
@@ -643,3 +640,36 @@ def test_default_size_double_buffer_and_gather():
 
     simulate(dut, main, [sender(dut.win, data, rng, 0.9), receiver(dut.rout, got, rng, 0.9),
                          gfeed])
+
+
+def test_latencies():
+    """Documented latencies: start (s) -> first vector read issued s+1, rout valid s+3;
+    sidx accepted t -> sout valid t+2; gidx accepted t -> rout valid t+k+2 (k groups)."""
+    dut = Pmu(P, UNIT)
+    ev = {}
+
+    async def main(ctx):
+        await configure(ctx, dut, PmuConfig(rd_passes=1, rd_counts=(3,), rd_strides=(1,)))
+        await run(ctx, dut)
+        s = ev["start"][-1]
+        assert ev["rout"] == [s + 3, s + 4, s + 5]
+        await configure(ctx, dut, PmuConfig(rd_mode=RdMode.SGATHER, rd_passes=1,
+                                            rd_counts=(2,), tbl_size=100))
+        await run(ctx, dut)
+        assert ev["sout"] == [t + 2 for t in ev["sidx"]]
+        await configure(ctx, dut, PmuConfig(rd_mode=RdMode.GATHER, rd_passes=1,
+                                            rd_counts=(2,), tbl_size=100))
+        await run(ctx, dut)
+        t0, t1 = ev["gidx"]
+        assert t1 == t0 + 3                          # first beat: 3 conflict groups
+        assert ev["rout"][3:] == [t0 + 3 + 2, t1 + 1 + 2]
+
+    sigs = {n: getattr(dut, n) for n in ("rout", "sout", "sidx", "gidx")}
+
+    class Start:
+        valid, ready = dut.ctrl.start, dut.ctrl.start
+    sigs["start"] = Start
+    simulate(dut, main, [monitor(dut, ev, sigs), receiver(dut.rout, [], None),
+                         receiver(dut.sout, [], None),
+                         sender(dut.sidx, [1, 2]),
+                         sender(dut.gidx, [pack([0, 16, 32] + [1] * 13), pack(list(range(16)))])])
