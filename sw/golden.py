@@ -25,8 +25,8 @@ step (method)         integer semantics                            pattern / uni
                       sum = SUM_t e_t (int32)                      SUM reduce
 ``attn_wsum``         acc[d] = SUM_t e_t * V[t,d] (int32);         weighted sum of V: MAC lanes;
                       (ri, E) = recip_index(sum);                  reciprocal by CLZ + LUT (no
-                      mh = REQUANT(RECIP[ri], m_a, 15, 16);        divider): scalar REQUANT,
-                      o = REQUANT(acc, mh, s_a + E, 8)             vector REQUANT
+                      mh_c = REQUANT(RECIP[ri], m_c, 15, 16);      divider): per-lane REQUANT of
+                      o_c = REQUANT(acc_c, mh_c, s_c + E, 8)       the head's scalar, vector REQUANT
 ``swiglu``            g8 = gate GEMV; u16 = up GEMV;               SwiGLU: PMU LUT (SiLU) on the
                       h = REQUANT(SILU[g8 & 0xFF] * u16, m, s, 8)  raw byte, PCU MUL + REQUANT
 ``residual``          x = add_sat(x, y, 16)                        residual add: PCU ADD, saturate
@@ -118,16 +118,18 @@ class GoldenDecoder:
         e = I.lut(qm.exp, idx)
         return e, I.check_range(np.sum(e, axis=-1), 32, "softmax sum")
 
-    def attn_wsum(self, e: np.ndarray, total: np.ndarray, V: np.ndarray, m: int, s: int) -> np.ndarray:
+    def attn_wsum(self, e: np.ndarray, total: np.ndarray, V: np.ndarray, m, s) -> np.ndarray:
         """(sum_t e_t V[t]) times 1/total, requantised to int8; the reciprocal is a table.
 
-        e: (heads, T), total: (heads,), V: (heads, T, hd) -> (heads, hd) int8.
+        e: (heads, T), total: (heads,), V: (heads, T, hd), m/s: (heads, hd) per channel
+        -> (heads, hd) int8.
         """
         qm = self.qm
         acc = I.dot(e[:, :, None], V, axis=1)                           # (heads, hd) int32
         ri, E = I.recip_index(total, qm.recip_bits)                     # per head (scalar path)
-        mh = I.requant(I.lut(qm.recip, ri), m, 15, 16)                  # < 2**15: no saturation
-        return I.requant(acc, mh[:, None], (int(s) + E)[:, None], qm.act_bits["attn_out"])
+        r = I.lut(qm.recip, ri)[:, None]                                # (heads, 1) Q15 mantissa
+        mh = I.requant(r, m, 15, 16)                                    # < 2**15: no saturation
+        return I.requant(acc, mh, I.as_int(s) + E[:, None], qm.act_bits["attn_out"])
 
     def swiglu(self, g8: np.ndarray, u16: np.ndarray, silu_table: np.ndarray, m: int, s: int):
         sg = I.lut(silu_table, I.int8_lut_index(g8))
@@ -169,7 +171,7 @@ class GoldenDecoder:
             V = self.v_cache[l, kv_of, : p + 1]
             sc = self.attn_scores(q, K)
             e, tot = self.softmax_num(sc, qm.exp_m[l], qm.exp_s[l])
-            o = self.attn_wsum(e, tot, V, qm.attn_m[l], qm.attn_s[l])
+            o = self.attn_wsum(e, tot, V, qm.attn_m[l].reshape(nh, hd), qm.attn_s[l].reshape(nh, hd))
             self._t("attn_out", l, o)
             a = self.gemv(qm.wo[l], o.reshape(-1), qm.wo_m[l], qm.wo_s[l], 16)
             x = self.residual(x, a)

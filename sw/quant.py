@@ -64,7 +64,13 @@ ACT_PERCENTILE = 100.0           # statistic for int8 activation scales (100 = m
 # Activation widths that are a choice (the rest are fixed by the hardware: GEMV weights and the
 # KV cache int8, residual int16, SwiGLU gate int8 for the 256-entry SiLU table).
 ACT_BITS = {"norm": 8, "q_rot": 8, "attn_out": 8, "mid": 8}
-NORM_FOLD = "auto"               # RMSNorm gain: True fold into weights, False per channel, auto
+NORM_FOLD = "auto"               # (only when SMOOTH is None)
+# Per-channel smoothing (SmoothQuant, Xiao et al. 2023) of the int8 GEMV inputs: channel c of
+# the activation is divided by f_c = max|a_c|**SMOOTH / max|W[:, c]|**(1 - SMOOTH) and the
+# consuming weight column multiplied by it. Free in hardware: the producer's REQUANT already
+# takes per-lane (m, s). None disables it.
+SMOOTH = 0.5
+_CHANNEL_STATS = ("h_attn_g", "h_ffn_g", "h_final_g", "attn_out", "mid")               # RMSNorm gain: True fold into weights, False per channel, auto
 LOGIT_FRAC = 20                  # logit scale = max|logit| / 2**20
 
 # Calibration text for models with a tokenizer: King James Bible, Genesis 1:1-19 and Psalm 23
@@ -148,9 +154,9 @@ class QuantModel:
     rope_k_s: np.ndarray
     exp_m: np.ndarray          # (max - score) -> exp-table index
     exp_s: np.ndarray
-    attn_m: np.ndarray         # s_v / s_attn_out, combined with 1/sum at run time
+    attn_m: np.ndarray         # (L, n_heads*hd) s_v / s_attn_out per channel, times 1/sum at run time
     attn_s: np.ndarray
-    mid_m: np.ndarray          # silu16 * up16 -> int8
+    mid_m: np.ndarray          # (L, hidden) silu16 * up16 -> int8, per channel
     mid_s: np.ndarray
     silu: np.ndarray           # (L, 256) int16, indexed by the raw byte of the int8 gate
     # final norm and LM head
@@ -247,6 +253,10 @@ def calibrate(model: LlamaModel, calib_ids=None, percentile: float = ACT_PERCENT
             dec.step(t)
     always_max = {"x", "q", "k", "up", "logits", "scores", "gate"}
     stats: dict[str, np.ndarray] = {}
+    for n in _CHANNEL_STATS:                 # per-channel maxima, for smoothing
+        layers = sorted(l for nn, l in acc if nn == n)
+        ch = np.stack([np.max(np.stack(acc[(n, l)]), axis=0) for l in layers])
+        stats[n + "_ch"] = ch[0] if layers == [-1] else ch
     names = sorted({n for n, _ in acc})
     for n in names:
         layers = sorted(l for nn, l in acc if nn == n)
@@ -360,11 +370,39 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         col = g if fold else np.where(g < 0, -1.0, 1.0)
         return fold, s_out, m, s_, col
 
-    norms1 = [norm_setup(L.attn_norm, f("h_attn")[l], f("h_attn_g")[l], (L.wq, L.wk, L.wv))
-              for l, L in enumerate(model.layers)]
-    norms2 = [norm_setup(L.ffn_norm, f("h_ffn")[l], f("h_ffn_g")[l], (L.w_gate, L.w_up))
-              for l, L in enumerate(model.layers)]
-    normf = norm_setup(model.norm, float(st["h_final"]), float(st["h_final_g"]), (model.lm_head,))
+    def smooth_factors(A, consumers):
+        """f_c > 0 with max|a_c / f_c| == max|W'[:, c]| balanced (strength SMOOTH)."""
+        if SMOOTH is None:
+            return np.ones(len(A))
+        B = np.max(np.concatenate([np.abs(w.astype(np.float64)) for w in consumers]), axis=0)
+        A = np.maximum(np.asarray(A, np.float64), 1e-6)
+        B = np.maximum(B, 1e-6)
+        fct = A ** SMOOTH / B ** (1 - SMOOTH)
+        return fct / np.exp(np.mean(np.log(fct)))          # geometric mean 1 (cosmetic)
+
+    def norm_smooth(g, A, consumers):
+        """RMSNorm with smoothing: output z_c = x_hat_c * g_c / (sign(g_c) f_c), consumers'
+        columns times sign(g_c) f_c. A: per-channel max |x_hat * g|."""
+        g = g.astype(np.float64)
+        fct = smooth_factors(A, consumers)
+        s_out = _pos(float(np.max(np.asarray(A) / fct)) / top["norm"])
+        m, s_ = _qm(np.abs(g) / fct * math.sqrt(c.dim) / ((1 << sh) * s_out) / 32768.0)
+        return "smooth", s_out, m, s_, np.where(g < 0, -1.0, 1.0) * fct
+
+    if SMOOTH is None:
+        norms1 = [norm_setup(L.attn_norm, f("h_attn")[l], f("h_attn_g")[l], (L.wq, L.wk, L.wv))
+                  for l, L in enumerate(model.layers)]
+        norms2 = [norm_setup(L.ffn_norm, f("h_ffn")[l], f("h_ffn_g")[l], (L.w_gate, L.w_up))
+                  for l, L in enumerate(model.layers)]
+        normf = norm_setup(model.norm, float(st["h_final"]), float(st["h_final_g"]), (model.lm_head,))
+    else:
+        norms1 = [norm_smooth(L.attn_norm, st["h_attn_g_ch"][l], (L.wq, L.wk, L.wv))
+                  for l, L in enumerate(model.layers)]
+        norms2 = [norm_smooth(L.ffn_norm, st["h_ffn_g_ch"][l], (L.w_gate, L.w_up))
+                  for l, L in enumerate(model.layers)]
+        normf = norm_smooth(model.norm, st["h_final_g_ch"], (model.lm_head,))
+    f_o = [smooth_factors(st["attn_out_ch"][l], (L.wo,)) for l, L in enumerate(model.layers)]
+    f_mid = [smooth_factors(st["mid_ch"][l], (L.w_down,)) for l, L in enumerate(model.layers)]
     s_h1 = np.array([n[1] for n in norms1])
     s_h2 = np.array([n[1] for n in norms2])
     s_q = np.maximum(f("q") * WIDE_MARGIN / 32767, 1e-8)
@@ -372,10 +410,10 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
     s_qr = np.maximum(f("q_rot") / top["q_rot"], 1e-8)
     s_kr = np.maximum(f("k_rot") / 127, 1e-8)
     s_v = np.maximum(f("v") / 127, 1e-8)
-    s_o = np.maximum(f("attn_out") / top["attn_out"], 1e-8)
+    s_o = np.array([_pos(np.max(st["attn_out_ch"][l] / f_o[l]) / top["attn_out"]) for l in range(nl)])
     s_g = np.maximum(f("gate") / 127, 1e-8)
     s_u = np.maximum(f("up") * WIDE_MARGIN / 32767, 1e-8)
-    s_mid = np.maximum(f("mid") / top["mid"], 1e-8)
+    s_mid = np.array([_pos(np.max(st["mid_ch"][l] / f_mid[l]) / top["mid"]) for l in range(nl)])
     s_hf = normf[1]
     s_logit = _pos(float(st["logits"]) / (1 << LOGIT_FRAC))
 
@@ -389,9 +427,9 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         g1 = norms1[l][4][None, :]
         g2 = norms2[l][4][None, :]
         src = {"wq": (L.wq * g1, s_h1[l], s_q[l]), "wk": (L.wk * g1, s_h1[l], s_k[l]),
-               "wv": (L.wv * g1, s_h1[l], s_v[l]), "wo": (L.wo, s_o[l], s_x),
+               "wv": (L.wv * g1, s_h1[l], s_v[l]), "wo": (L.wo * f_o[l][None, :], s_o[l], s_x),
                "w_gate": (L.w_gate * g2, s_h2[l], s_g[l]), "w_up": (L.w_up * g2, s_h2[l], s_u[l]),
-               "w_down": (L.w_down, s_mid[l], s_x)}
+               "w_down": (L.w_down * f_mid[l][None, :], s_mid[l], s_x)}
         for k, (w, s_in, s_out) in src.items():
             q, sc = _quant_rows(w)
             m, s = _qm(sc * s_in / s_out)
@@ -401,15 +439,16 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
         rq.append(intops.quantize_multiplier(s_q[l] / (1 << ROPE_FRAC) / s_qr[l]))
         rk.append(intops.quantize_multiplier(s_k[l] / (1 << ROPE_FRAC) / s_kr[l]))
         ex.append(intops.quantize_multiplier(s_qr[l] * s_kr[l] / math.sqrt(hd) * (1 << EXP_FRAC)))
-        at.append(intops.quantize_multiplier(s_v[l] / s_o[l]))
+        at.append(_qm(s_v[l] / (s_o[l] * f_o[l])))
         gv = g_val * s_g[l]
         sv = gv / (1.0 + np.exp(-gv))
         s_silu = _pos(np.abs(sv).max() / 32767)
         silu.append(np.clip(np.round(sv / s_silu), -32767, 32767).astype(np.int16))
-        md.append(intops.quantize_multiplier(s_silu * s_u[l] / s_mid[l]))
+        md.append(_qm(s_silu * s_u[l] / (s_mid[l] * f_mid[l])))
 
     pair = lambda lst: (np.array([p[0] for p in lst], np.int32), np.array([p[1] for p in lst], np.int32))
     lm_q, lm_sc = _quant_rows(model.lm_head.astype(np.float64) * normf[4][None, :])
+    s_logit = max(s_logit, float(lm_sc.max()) * s_hf / (1 << 14))   # keep the ratio < 2**15
     lm_m, lm_s = _qm(lm_sc * s_hf / s_logit)
     cos, sin = rope_tables(c.max_seq_len, hd, c.rope_theta)
     eb = exp_bits_for(c.max_seq_len)
@@ -422,9 +461,11 @@ def quantize(model: LlamaModel, calib_ids=None, *, percentile: float = ACT_PERCE
     kw["norm1_s"] = np.stack([n[3] for n in norms1])
     kw["norm2_m"] = np.stack([n[2] for n in norms2])
     kw["norm2_s"] = np.stack([n[3] for n in norms2])
-    for name, lst in (("rope_q", rq), ("rope_k", rk), ("exp", ex),
-                      ("attn", at), ("mid", md)):
+    for name, lst in (("rope_q", rq), ("rope_k", rk), ("exp", ex)):
         kw[name + "_m"], kw[name + "_s"] = pair(lst)
+    for name, lst in (("attn", at), ("mid", md)):           # per channel (smoothing)
+        kw[name + "_m"] = np.stack([p[0] for p in lst])
+        kw[name + "_s"] = np.stack([p[1] for p in lst])
     scales = {"x": s_x, "h_attn": s_h1.tolist(), "h_ffn": s_h2.tolist(), "q": s_q.tolist(),
               "k": s_k.tolist(), "q_rot": s_qr.tolist(), "k_rot": s_kr.tolist(), "v": s_v.tolist(),
               "attn_out": s_o.tolist(), "gate": s_g.tolist(), "up": s_u.tolist(),
