@@ -207,7 +207,7 @@ class Fu(wiring.Component):
         return m
 
 
-def fu_op_eval(op, a, b, c=0, bits=32) -> int:
+def fu_op_eval(op, a, b=0, c=0, bits=32) -> int:
     """Reference model of one FU op in terms of :mod:`sw.intops` (signed 32-bit result).
 
     Operands are Python ints (any sign; they are reduced to 32-bit words first). Used by the
