@@ -63,8 +63,8 @@ Read latency and throughput (fixed)
     wraps, repeats and buffer changes (the first read of a buffer can issue the cycle after its
     last write). Writes: 1 beat or word per cycle, a write accepted in ``t`` lands at the end of
     ``t``. Control: ``start`` in ``s`` -> ``busy`` from ``s + 1``; a program with nothing to
-    do (or ``BAD_CONFIG``) pulses ``done`` in ``s + 2``; otherwise ``done`` comes the cycle
-    after the last output word left the unit (or last token was taken).
+    do (or ``BAD_CONFIG``) pulses ``done`` in ``s + 2``; otherwise ``done`` pulses 2 cycles
+    after the last event it waits for (last output transfer, last token taken, last write).
 
 Back-pressure
     Each output has a ``FIFO_DEPTH``-entry FIFO (4); a request is issued only if the FIFO

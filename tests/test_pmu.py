@@ -650,9 +650,10 @@ def test_latencies():
 
     async def main(ctx):
         await configure(ctx, dut, PmuConfig(rd_passes=1, rd_counts=(3,), rd_strides=(1,)))
-        await run(ctx, dut)
+        cycles = await run(ctx, dut)
         s = ev["start"][-1]
         assert ev["rout"] == [s + 3, s + 4, s + 5]
+        assert cycles == 7                           # done 2 cycles after the last rout beat
         await configure(ctx, dut, PmuConfig(rd_mode=RdMode.SGATHER, rd_passes=1,
                                             rd_counts=(2,), tbl_size=100))
         await run(ctx, dut)
