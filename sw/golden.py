@@ -12,14 +12,17 @@ step (method)         integer semantics                            pattern / uni
 ``rmsnorm``           ss = SUM((x >>r sh)^2) (int32);              RMSNorm: PCU MUL + SUM reduce;
                       v = ss + eps; (idx, hk) = rsqrt_index(v);    scalar CLZ/shift; PMU LUT;
                       r = RSQRT[idx];                              PCU MUL + per-channel REQUANT
-                      y_c = REQUANT(x_c*r, m_c, s_c+hk, 8)         (m_c holds |gain_c|, or the
-                                                                   gain is folded into the GEMV)
-``gemv``              acc = W8 @ x8 (int32);                       GEMV: DP4 lanes + SUM reduce,
-                      y = REQUANT(acc, m[row], s[row], bits)       per-row (m, s) from a PMU
+                      y_c = REQUANT(x_c*r, m_c, s_c+hk, 8)         (m_c holds |gain_c| and the
+                                                                   smoothing factor)
+``gemv``              acc = W8 @ x (int32), x int8 or int16;       GEMV: DP4 lanes + SUM reduce;
+                      y = REQUANT(acc, m[row], s[row], bits)       int16 x: DP4 (x>>8) << 8 plus
+                                                                   DP4U (x & 0xFF); per-row (m,s)
+                                                                   streamed beside the weights
 ``rope``              y1 = REQUANT(x1*C - x2*S, m, s, 8),          RoPE: PCU MUL/SUB/ADD on int16
                       y2 = REQUANT(x2*C + x1*S, m, s, 8)           x Q14 tables (PMU, row = pos)
 ``kv_write``          K[l,:,pos] = k8, V[l,:,pos] = v8             PMU/AGCU write to KV (HBM)
 ``attn_scores``       s_t = SUM_d q8[d] * K[t,d] (int32)           attention scores: DP4 + SUM
+                      (query head h reads KV head h // n_rep)
 ``softmax_num``       mx = MAX_t s_t; i = MIN(REQUANT(mx-s_t,      softmax: MAX reduce, SUB,
                       m_e, s_e, 16), N-1); e_t = EXP[i];           REQUANT, MIN, PMU LUT,
                       sum = SUM_t e_t (int32)                      SUM reduce
@@ -28,7 +31,8 @@ step (method)         integer semantics                            pattern / uni
                       mh_c = REQUANT(RECIP[ri], m_c, 15, 16);      divider): per-lane REQUANT of
                       o_c = REQUANT(acc_c, mh_c, s_c + E, 8)       the head's scalar, vector REQUANT
 ``swiglu``            g8 = gate GEMV; u16 = up GEMV;               SwiGLU: PMU LUT (SiLU) on the
-                      h = REQUANT(SILU[g8 & 0xFF] * u16, m, s, 8)  raw byte, PCU MUL + REQUANT
+                      h_c = REQUANT(SILU[g8 & 0xFF]*u16, m_c,      raw byte (AND 0xFF), PCU MUL
+                                    s_c, 16)                       + per-lane REQUANT
 ``residual``          x = add_sat(x, y, 16)                        residual add: PCU ADD, saturate
 ``lm_head``           final ``rmsnorm`` + ``gemv`` to int32 logits LM head GEMV (REQUANT, 32 bit)
 ``argmax``            lowest index of the maximum                  MAX reduce with index
@@ -37,6 +41,9 @@ step (method)         integer semantics                            pattern / uni
 ``>>r`` is :func:`sw.intops.rshift_round` (round half up). The softmax divides by multiplying
 with a reciprocal from a table (``RECIP``, normalised by CLZ), deferred until after the
 weighted sum of V (one reciprocal per head, as the hardware would do it: no divider).
+Widths of the data-dependent shifts: ``hk`` <= 15, ``E`` <= 30; every REQUANT shift stays
+within 0..63 (checked by ``intops.requant``). The widths chosen per tensor (``qm.act_bits``)
+are documented in ``sw/quant.py``.
 """
 
 from __future__ import annotations
