@@ -87,9 +87,10 @@ Unit control (``ctrl``)
 Cycle-level contract
     - Latency: a beat that enters in cycle t (FIFO head consumed) is in ``R0`` at t+1, ``RS`` at
       t+1+S, ``RT`` at t+1+S+log2(L), ``RQ`` at t+2+S+log2(L), and valid on ``vout``/``sout``
-      at t+3+S+log2(L) (16 lanes, 6 stages: 13 cycles). The input FIFOs
-      (``lib.fifo.SyncFIFOBuffered``) add 1 cycle from ``vin.valid`` to a readable head, so
-      input-to-output is S + log2(L) + 4 cycles when nothing stalls (14 at the defaults).
+      at t+3+S+log2(L) (16 lanes, 6 stages: t+13). The input FIFOs
+      (``lib.fifo.SyncFIFOBuffered``) add 2 cycles from ``vin.valid`` to a readable head, so
+      input-to-output is S + log2(L) + 5 cycles when nothing stalls (15 at the defaults;
+      pinned by ``tests/test_pcu.py``).
     - Throughput: one beat per cycle when the inputs are available and the outputs ready.
     - Back-pressure: the whole pipeline (entry, stages, tree, post, packer) advances in a cycle
       iff ``vout`` and ``sout`` are each empty or transferring this cycle (and no enabled
