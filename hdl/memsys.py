@@ -63,6 +63,14 @@ class MemorySystem(wiring.Component):
             "hbm_error": Out(1),
         })
 
+        # Built here so that enclosing units (the chip's latency monitors) can tap their ports.
+        self.hbm = HbmController(params, self.n_agcus + 1)
+        self.agcus = [Agcu(params, agcu_unit_base + i) for i in range(self.n_agcus)]
+
+    def agcu_mem_port(self, i: int):
+        """AGCU ``i``'s HBM port (read-only taps for monitors; do not drive)."""
+        return self.agcus[i].mem
+
     @property
     def dma_port_index(self) -> int:
         """Index of the DMA port among the HBM controller's ports (after the AGCUs)."""
@@ -71,9 +79,8 @@ class MemorySystem(wiring.Component):
     def elaborate(self, platform):
         p = self.p
         m = Module()
-        m.submodules.hbm = hbm = HbmController(p, self.n_agcus + 1)
-        for i in range(self.n_agcus):
-            agcu = Agcu(p, self.agcu_unit_base + i)
+        m.submodules.hbm = hbm = self.hbm
+        for i, agcu in enumerate(self.agcus):
             m.submodules[f"agcu{i}"] = agcu
             wiring.connect(m, agcu.mem, hbm.ports[i])
             m.d.comb += [

@@ -33,6 +33,8 @@ class RduParams:
     pcu_stages: int = 6              # FU pipeline stages per PCU
     pmu_bytes: int = 16 * 1024       # scratchpad per PMU
     pmu_banks: int = 16
+    pmu_counters: int = 3            # nested counters per PMU address generator
+    pmu_max_buffers: int = 4         # N-buffering: at most this many buffers per PMU
     n_agcus: int = 4                 # on the west and east edges
     clock_mhz: int = 800             # only used to turn cycles into seconds in reports
 

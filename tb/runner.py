@@ -65,31 +65,54 @@ def _verilog_text(component, name: str) -> str:
     return verilog.convert(component, name=name, ports=ports, emit_src=False)
 
 
-def build(component, name: str, *, waves: bool = False, extra_args=(), force: bool = False) -> Build:
+def _source_fingerprint(component) -> str:
+    """Hash of everything that can change the generated Verilog without changing the arguments:
+    the HDL sources (``hdl/``, and the module defining ``component``'s class) and the Amaranth
+    version."""
+    import amaranth
+    import inspect
+    h = hashlib.sha256(amaranth.__version__.encode())
+    files = sorted((REPO / "hdl").rglob("*.py"))
+    own = Path(inspect.getfile(type(component))).resolve()
+    if own not in files:
+        files.append(own)
+    for f in files:
+        h.update(str(f.relative_to(REPO) if f.is_relative_to(REPO) else f).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def build(component, name: str, *, key: str = "", waves: bool = False, extra_args=(),
+          force: bool = False) -> Build:
     """Convert ``component`` to Verilog and compile it with Verilator (cached).
 
-    ``waves=True`` compiles in VCD tracing; it is part of the cache key, since a traced model is a
-    different (slower) binary.
+    The cache key is the HDL sources, ``name``, the build flags and ``key`` plus the component's
+    ``params`` digest if it has one: a caller whose component takes other constructor arguments
+    must describe them in ``key``. A cache hit skips Verilog generation entirely (generating the
+    full chip takes tens of seconds). ``waves=True`` compiles in VCD tracing, a different binary.
     """
     verilator_env()
-    text = _verilog_text(component, name)
     flags = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "--x-assign", "fast",
              "--x-initial", "fast", "-O3", *extra_args]
     if waves:
         flags += ["--trace", "--trace-structs"]
-    key = hashlib.sha256((text + json.dumps(flags)).encode()).hexdigest()[:16]
+    params = getattr(component, "params", None)
+    pkey = params.digest().hex() if hasattr(params, "digest") else ""
+    key = hashlib.sha256("|".join([_source_fingerprint(component), name, json.dumps(flags),
+                                   key, pkey, type(component).__qualname__]).encode()
+                         ).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
     vfile = bdir / f"{name}.v"
     marker = bdir / "build.json"
     if marker.exists() and not force:
         return Build(name, name, bdir, vfile, 0.0, True)
+    t0 = time.monotonic()
     if bdir.exists():
         shutil.rmtree(bdir)
     bdir.mkdir(parents=True)
-    vfile.write_text(text)
+    vfile.write_text(_verilog_text(component, name))
     from cocotb_tools.runner import get_runner
     runner = get_runner("verilator")
-    t0 = time.monotonic()
     runner.build(sources=[vfile], hdl_toplevel=name, build_dir=bdir, build_args=flags,
                  waves=waves, always=True, log_file=bdir / "build.log")
     seconds = time.monotonic() - t0

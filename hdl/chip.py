@@ -1,0 +1,127 @@
+"""The minirdu chip toplevel, assembled from ``RduParams``.
+
+Ports (all the host sees):
+
+- ``csr``: the CSR bus of :class:`~hdl.host.HostInterface` (register map there).
+- ``h2c`` / ``c2h``: the DMA data streams, one beat (``params.beat_bits``) per transfer.
+
+Inside: the host interface (CSRs, counters, DMA engine) and the memory system (HBM controller
+model + AGCUs; the host DMA engine is one more HBM client). Until the compute fabric exists, the
+AGCUs are started by the host (CSR ``AGCU_START``) and their fabric-side streams
+(``chip.memsys.agcu[i].rd`` / ``.wr``) are left for an enclosing testbench toplevel to drive
+(benchmarks attach traffic sinks and sources there); unconnected, ``rd`` is never ready and
+``wr`` never valid.
+
+Extension CSR window (``EXT_BASE`` + offset, read-only), answered here:
+
+==================  ==========================================================================
+offset              register
+==================  ==========================================================================
+0x000 + 0x100*i     latency monitor of HBM client i (0 = host DMA, 1+k = AGCU k rd stream): COUNT
+0x001 + 0x100*i     TOTAL bits 31:0 (sum of latencies)
+0x002 + 0x100*i     TOTAL bits 47:32
+0x003 + 0x100*i     MAX
+0x004 + 0x100*i     OVERFLOW (1 if more reads were in flight than the monitor can track)
+0x080..0x0FF +0x100*i  histogram bin (offset - 0x80); bin width/count in :data:`LATENCY_BINS`
+==================  ==========================================================================
+
+Latency is measured per read burst from request handshake to first-beat handshake at the
+client's HBM port, so it includes queueing and the client's own back-pressure.
+"""
+
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .host import EXT_BASE, HostInterface, csr_bus_signature
+from .memsys import MemorySystem
+from .params import RduParams
+from .perf import LatencyMonitor
+
+__all__ = ["Chip", "LATENCY_BINS", "LATENCY_BIN_CYCLES", "ext_latency_base"]
+
+LATENCY_BINS = 128
+LATENCY_BIN_CYCLES = 4
+
+
+def ext_latency_base(client: int) -> int:
+    return 0x100 * client
+
+
+class Chip(wiring.Component):
+    def __init__(self, params: RduParams):
+        self.params = p = params
+        super().__init__({
+            "csr": In(csr_bus_signature(p)),
+            "h2c": In(stream.Signature(p.beat_bits)),
+            "c2h": Out(stream.Signature(p.beat_bits)),
+        })
+        # Built here, not in elaborate(), so enclosing toplevels can reach their ports.
+        self.host = HostInterface(p)
+        self.memsys = MemorySystem(p)
+
+    def elaborate(self, platform):
+        p = self.params
+        m = Module()
+        m.submodules.host = host = self.host
+        m.submodules.memsys = memsys = self.memsys
+        wiring.connect(m, wiring.flipped(self.csr), host.csr)
+        wiring.connect(m, wiring.flipped(self.h2c), host.h2c)
+        wiring.connect(m, host.c2h, wiring.flipped(self.c2h))
+        wiring.connect(m, host.mem, memsys.dma)
+        wiring.connect(m, host.cfg, memsys.cfg)
+        m.d.comb += [
+            host.hbm_stats.rd_beat.eq(memsys.stats.rd_beat),
+            host.hbm_stats.wr_beat.eq(memsys.stats.wr_beat),
+            host.hbm_stats.refresh.eq(memsys.stats.refresh),
+            host.hbm_stats.row_miss.eq(memsys.stats.row_miss),
+        ]
+        for i in range(p.n_agcus):
+            ag = memsys.agcu[i]
+            m.d.comb += [
+                ag.start.eq(host.agcu_start[i]),
+                ag.iteration.eq(host.agcu_iteration),
+                host.agcu_busy[i].eq(ag.busy),
+                host.agcu_status[i].eq(ag.status),
+            ]
+
+        # Latency monitors on every HBM client, read through the extension window: the DMA
+        # engine at its HBM port, the AGCUs at their read streams' HBM ports.
+        taps = [host.mem] + [memsys.agcu_mem_port(i) for i in range(p.n_agcus)]
+        monitors = []
+        for i, port in enumerate(taps):
+            mon = LatencyMonitor(p, bins=LATENCY_BINS, bin_cycles=LATENCY_BIN_CYCLES)
+            m.submodules[f"latency{i}"] = mon
+            m.d.comb += [
+                mon.req_fire.eq(port.req.valid & port.req.ready),
+                mon.req_write.eq(port.req.payload.write),
+                mon.req_beats_m1.eq(port.req.payload.beats_m1),
+                mon.rdata_fire.eq(port.rdata.valid & port.rdata.ready),
+                mon.clear.eq(host.counters_clear),
+            ]
+            monitors.append(mon)
+
+        # Registered extension-window read mux.
+        off = Signal(host.ext_addr.shape())
+        m.d.comb += off.eq(host.ext_addr - EXT_BASE)
+        with m.If(host.ext_r_en):
+            m.d.sync += host.ext_r_data.eq(0)
+            for i, mon in enumerate(monitors):
+                base = ext_latency_base(i)
+                with m.If((off >= base) & (off < base + 0x100)):
+                    local = Signal(8, name=f"ext_local{i}")
+                    m.d.comb += [local.eq(off - base), mon.hist_index.eq(local[:7])]
+                    with m.Switch(local):
+                        with m.Case(0):
+                            m.d.sync += host.ext_r_data.eq(mon.count)
+                        with m.Case(1):
+                            m.d.sync += host.ext_r_data.eq(mon.total[:32])
+                        with m.Case(2):
+                            m.d.sync += host.ext_r_data.eq(mon.total[32:])
+                        with m.Case(3):
+                            m.d.sync += host.ext_r_data.eq(mon.max)
+                        with m.Case(4):
+                            m.d.sync += host.ext_r_data.eq(mon.overflow)
+                        with m.Case(*range(0x80, 0x100)):
+                            m.d.sync += host.ext_r_data.eq(mon.hist_count)
+        return m
