@@ -791,8 +791,8 @@ class PcuConfig:
 
     @classmethod
     def gemv(cls, params, rows, cols_beats, m=None, s=None, out_bits=8, x_reuse=False,
-             scales_from_sin=False, sout=False):
-        """GEMV ``y = requant(W @ x, m, s, out_bits)`` with int8 W and x.
+             scales_from_sin=False, sout=False, x_bits=8):
+        """GEMV ``y = requant(W @ x, m, s, out_bits)`` with int8 W and int8 (or int16) x.
 
         vin0: W, ``cols_beats`` beats per row (64 int8 per beat at 16 lanes), one per cycle.
         vin1: x, the same ``cols_beats`` beats per row (re-sent per row), or, with
@@ -802,17 +802,34 @@ class PcuConfig:
         Stage 0: DP4(vin0, vin1) accumulated over the row; SUM reduce; post REQUANT; results
         packed ``out_bits`` wide on vout (a partial last vector is zero-filled), optionally
         also each row on sout.
+
+        ``x_bits=16`` needs a third vector input (``pcu_vector_inputs >= 3``): vin1 carries
+        the high bytes ``x >> 8`` and vin2 the low bytes ``x & 0xFF`` of the same 64 columns
+        (both int8-packed like W), and the lanes compute
+        ``(DP4(W, hi) << 8) + DP4U(W, lo)`` (stages 0-2) before accumulating, as
+        ``intops.gemv(w, x, 16)``.
         """
         c = cls(params)
         c.counters(cols_beats, rows)
         c.vin(0, pop_level=0)
-        if x_reuse:
-            if cols_beats != 1:
-                raise ValueError("x_reuse needs cols_beats == 1 (a FIFO cannot replay beats)")
-            c.vin(1, pop_level=c.geom["n_ctr"])
+        xs = [1] if x_bits == 8 else [1, 2]
+        if x_bits not in (8, 16):
+            raise ValueError(f"x_bits must be 8 or 16, not {x_bits}")
+        if x_bits == 16 and c.geom["n_vin"] < 3:
+            raise ValueError("an int16-input GEMV needs pcu_vector_inputs >= 3")
+        for k in xs:
+            if x_reuse:
+                if cols_beats != 1:
+                    raise ValueError("x_reuse needs cols_beats == 1 (a FIFO cannot replay beats)")
+                c.vin(k, pop_level=c.geom["n_ctr"])
+            else:
+                c.vin(k, pop_level=0)
+        if x_bits == 8:
+            c.stage(0, FuOp.DP4, Src.VIN0, Src.VIN1, Src.ZERO, acc_op=AccOp.SUM, acc_level=1)
         else:
-            c.vin(1, pop_level=0)
-        c.stage(0, FuOp.DP4, Src.VIN0, Src.VIN1, Src.ZERO, acc_op=AccOp.SUM, acc_level=1)
+            c.stage(0, FuOp.DP4, Src.VIN0, Src.VIN1, Src.ZERO)
+            c.stage(1, FuOp.SHL, Src.PREV, Src.IMM, imm=8)
+            c.stage(2, FuOp.DP4U, Src.VIN0, Src.VIN2, Src.PREV, acc_op=AccOp.SUM, acc_level=1)
         c.emit(1)
         c.reduce(Red.SUM)
         if scales_from_sin:

@@ -4,6 +4,7 @@ References are :mod:`sw.intops` (bit-exact). Streams are driven with random gaps
 back-pressure from seeded generators; every comparison is exact.
 """
 
+import dataclasses
 import random
 
 import numpy as np
@@ -645,3 +646,32 @@ def test_default_16_lanes():
     check_gemv(prog, exp, 8)
     assert [s32(d) for d in arg.sout] == [I.argmax_first(v)]
     check_control(arg)
+
+
+@dataclasses.dataclass(frozen=True)
+class P3Params(RduParams):
+    """4 lanes and a third vector input (what an int16-activation GEMV needs)."""
+    pcu_vector_inputs: int = 3
+
+
+def test_gemv_int16_input_three_vins():
+    p = P3Params(lanes=4, hbm_bytes_per_cycle=16)
+    assert pcu_geometry(p)["n_vin"] == 3
+    rng = np.random.default_rng(21)
+    rows, nb, per = 7, 2, 16
+    w = rng.integers(-128, 128, (rows, per * nb)).astype(np.int8)
+    x = rng.integers(-(1 << 15), 1 << 15, per * nb).astype(np.int16)
+    m, s = I.quantize_multiplier(2e-5)
+    hi = np.right_shift(x.astype(np.int64), 8)
+    lo = np.bitwise_and(x.astype(np.int64), 0xFF)
+    wb = [pack(w[r, b * per:(b + 1) * per], 8) for r in range(rows) for b in range(nb)]
+    hb = [pack(hi[b * per:(b + 1) * per], 8) for b in range(nb)] * rows
+    lb = [pack(lo[b * per:(b + 1) * per], 8) for b in range(nb)] * rows
+    cfg = PcuConfig.gemv(p, rows, nb, m, s, out_bits=16, x_bits=16, sout=True)
+    prog = Program(cfg.writes(), vin=[wb, hb, lb])
+    run_programs(p, [prog], seed=21, gap=0.2, ready=0.6)
+    exp = I.requant(I.gemv(w, x, 16), m, s, 16)
+    assert len(set(exp.tolist())) == rows
+    check_gemv(prog, exp, 16)
+    with pytest.raises(ValueError):
+        PcuConfig.gemv(P4, rows, nb, m, s, x_bits=16)
