@@ -60,12 +60,14 @@ def test_weight_rows_dequantise_within_half_a_step():
 
 
 def test_tables():
-    e = quant.make_exp_table(15)
-    assert e[0] == 2**15 and np.all(np.diff(e) <= 0) and e[-1] == 0
-    r = quant.make_rsqrt_table(10)
-    assert r.max() < 2**15 and np.all(np.diff(r[256:]) <= 0)
-    rc = quant.make_recip_table(10)
-    assert rc.max() < 2**15 and rc[512:].min() >= 2**14
+    e = quant.make_exp_table(15, quant.EXP_SIZE, quant.EXP_FRAC)
+    assert e[0] == 2**15 and np.all(np.diff(e) <= 0) and e[-1] == 0   # exp(-16) rounds to 0
+    assert len(e) == 256
+    for bits in (8, 10):
+        r = quant.make_rsqrt_table(bits)
+        assert r.max() < 2**15 and np.all(np.diff(r[1 << (bits - 2):]) <= 0)
+        rc = quant.make_recip_table(bits)
+        assert rc.max() < 2**15 and rc[1 << (bits - 1):].min() >= 2**14
     assert quant.exp_bits_for(256) == 15
     assert quant.exp_bits_for(4096) == 11
     with pytest.raises(ValueError):
