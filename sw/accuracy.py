@@ -45,7 +45,8 @@ def heldout_windows(model, text_path, positions: int) -> tuple[list[list[int]], 
         chapters = [p.strip() for p in fh.read().split("\n\n") if p.strip()]
     bos = [tok.bos_id] if getattr(tok, "bos_id", None) is not None else []
     n_win = max(1, -(-positions // (c.max_seq_len - 1)))
-    picks = np.linspace(0, len(chapters) - 1, min(len(chapters), n_win * 3)).astype(int)
+    picks = np.linspace(0, len(chapters) - 1, min(len(chapters), n_win * 2)).astype(int)
+    picks = list(picks[0::2]) + list(picks[1::2])       # the first n_win span the whole file
     wins, got = [], 0
     for k in picks:
         ids = (bos + tok.encode(chapters[k]))[: c.max_seq_len]
