@@ -177,3 +177,19 @@ def test_shipped_model_agreement(path):
     # greedy generation agrees with the float engine for the first tokens
     prompt = ids[:8]
     assert golden.generate(m, prompt, 8)[:4] == reference.generate(m, prompt, 8)[:4]
+
+
+@pytest.mark.parametrize("cfg", [
+    LlamaConfig(dim=48, n_layers=1, n_heads=4, n_kv_heads=4, hidden_dim=96, vocab_size=60,
+                max_seq_len=20, tie_embeddings=False, rope_theta=500.0),
+    LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=1, hidden_dim=80, vocab_size=40,
+                max_seq_len=600),                       # long context: smaller exp Q format
+], ids=["mha-untied", "mqa-long"])
+def test_other_shapes(cfg):
+    m = random_model(cfg, seed=4)
+    qm = quant.quantize(m)
+    assert qm.exp_bits == quant.exp_bits_for(cfg.max_seq_len)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 20)
+    fl = reference.forward_logits(m, ids).astype(np.float64)
+    il = golden.dequant_logits(qm, golden.forward_logits(qm, ids))
+    assert np.corrcoef(fl.ravel(), il.ravel())[0, 1] > 0.99
