@@ -51,6 +51,10 @@ Reduction tree (``REDUCE``; :class:`Red`)
     OFF (vector mode: the lanes pass through), SUM (wraps at 32), MAX, MIN, MAXIDX (MAX that
     also carries the lane index, lowest index on ties = ``intops.argmax_first``), FIRST (lane 0).
     It is an in-place binary tree with one register per level (``log2 L`` levels).
+    Segmented mode (``REDUCE`` bits 5:3 = g, 0 < g < log2 L): only the first g levels combine,
+    giving ``L >> g`` results per beat (groups of ``2**g`` adjacent lanes, e.g. attention scores
+    of 8 heads x head_dim 8 per int8 beat, g = 1 at 16 lanes); they go to the packer as a chunk
+    of ``L >> g`` elements (like vector mode; no post stage, no ``sout``).
 
 Post stage (``POST_CFG``/``POST_IMM``; scalar-mode only)
     One FU on the reduced scalar. Sources: PREV = the reduced value, VIN0's code (4) = the
@@ -110,7 +114,7 @@ SIN0..SIN3         08-0B  [0] enable [2:1] pop level
 TOKIN0..1          0C-0D  [0] enable [2:1] level
 TOKOUT0..1         0E-0F  [0] enable [2:1] level [4:3] source (0 ENTRY 1 EXIT 2 VOUT 3 DONE)
 EMIT               10     [1:0] emit level (FU stages -> tree)
-REDUCE             11     [2:0] :class:`Red`
+REDUCE             11     [2:0] :class:`Red` [5:3] segment log2 (0: whole vector)
 OUT                12     [0] vout enable [1] sout enable (scalar mode) [3:2] pack width
                           (0: 32, 1: 8, 2: 16 bit) [5:4] flush level
 STAGEs_CFG         20+2s  [3:0] op [7:4] A src [11:8] B src [15:12] C src [17:16] out bits
@@ -273,7 +277,7 @@ class Pcu(wiring.Component):
         tokin_cfg = [reg(f"TOKIN{j}", 3) for j in range(2)]
         tokout_cfg = [reg(f"TOKOUT{j}", 5) for j in range(2)]
         emit_cfg = reg("EMIT", 2)
-        red_cfg = reg("REDUCE", 3)
+        red_cfg = reg("REDUCE", 6)
         out_cfg = reg("OUT", 6)
         st_cfg = [reg(f"STAGE{s}_CFG", 22) for s in range(S)]
         st_imm = [reg(f"STAGE{s}_IMM", 32) for s in range(S)]
@@ -303,7 +307,11 @@ class Pcu(wiring.Component):
                     with m.Case(int(addr)):
                         m.d.sync += sig.eq(self.cfg.data)
 
-        vector_mode = red_cfg == Red.OFF
+        red_op = red_cfg[0:3]
+        seg = red_cfg[3:6]                 # segmented tree: groups of 2**seg lanes (0: all)
+        vector_mode = red_op == Red.OFF
+        seg_mode = ~vector_mode & (seg != 0) & (seg < T)
+        vec_like = vector_mode | seg_mode  # results bypass the post stage and sout
         out_vout_en, out_sout_en = out_cfg[0], out_cfg[1]
         pack_code, flush_level = out_cfg[2:4], out_cfg[4:6]
 
@@ -529,10 +537,11 @@ class Pcu(wiring.Component):
                         b_v, b_i = tval[j][i + step], tidx[j][i + step]
                         take_b = Signal(name=f"t{j}_take{i}")
                         m.d.comb += take_b.eq(
-                            Mux(red_cfg == Red.MIN, b_v.as_signed() < a_v.as_signed(),
-                                ((red_cfg == Red.MAX) | (red_cfg == Red.MAXIDX))
+                            Mux(red_op == Red.MIN, b_v.as_signed() < a_v.as_signed(),
+                                ((red_op == Red.MAX) | (red_op == Red.MAXIDX))
                                 & (b_v.as_signed() > a_v.as_signed())))
-                        with m.Switch(red_cfg):
+                        active = (seg == 0) | (seg > j)
+                        with m.Switch(Mux(active, red_op, Red.OFF)):
                             with m.Case(Red.SUM):
                                 m.d.sync += [tval[j + 1][i].eq(a_v + b_v), tidx[j + 1][i].eq(a_i)]
                             with m.Case(Red.MAX, Red.MAXIDX, Red.MIN):
@@ -579,10 +588,10 @@ class Pcu(wiring.Component):
         p_group_end = lvl(tlast[RT], pacc_level)
         p_emit = Signal()
         p_result = Signal(W)
-        m.d.comb += p_emit.eq(tv[RT] & (vector_mode | (pacc_level == 0) | p_group_end))
+        m.d.comb += p_emit.eq(tv[RT] & (vec_like | (pacc_level == 0) | p_group_end))
         m.d.comb += p_result.eq(Mux(pacc_level == 0, pfu.r,
                                     Mux(pacc_op == AccOp.ARGMAX, p_idx_next, p_acc_next)))
-        with m.If(adv & tv[RT] & ~vector_mode & (pacc_level != 0)):
+        with m.If(adv & tv[RT] & ~vec_like & (pacc_level != 0)):
             m.d.sync += [pacc.eq(p_acc_next), pacc_idx.eq(p_idx_next), pbeat.eq(cur_beat),
                          pfresh.eq(p_group_end)]
 
@@ -611,20 +620,24 @@ class Pcu(wiring.Component):
         pk_pos = Signal(range(beat_bits // 8 + 1))
         pk_merged = Signal(beat_bits)
         pk_full = Signal()
-        # chunk = L elements (vector mode) or 1 element (scalar mode) of 8/16/32 bits
-        with m.Switch(Cat(pack_code, vector_mode)):
+        # chunk = L elements (vector mode), L >> seg (segmented tree: lanes 0, 2**seg, ...) or
+        # 1 element (scalar mode, the post stage's result), each 8/16/32 bits
+        mode = Signal(range(T + 2))        # 0: scalar, 1..T-1: segmented, T: vector
+        m.d.comb += mode.eq(Mux(vector_mode, T, Mux(seg_mode, seg, 0)))
+        m.d.comb += pk_merged.eq(pk_data)
+        with m.Switch(Cat(pack_code, mode)):
             for code in OutBits:
                 w = code.width
-                for vec in (0, 1):
-                    with m.Case(int(code) | vec << 2):
-                        n_el = L if vec else 1
-                        n_chunks = beat_bits // (w * n_el)
-                        if vec:
-                            chunk_val = Cat(*[q_vec[i][:w] for i in range(L)])
+                for md in range(T + 1):
+                    with m.Case(int(code) | md << 2):
+                        if md == 0:
+                            n_el, chunk_val = 1, q_scalar[:w]
                         else:
-                            chunk_val = q_scalar[:w]
+                            step = 1 << (md if md < T else 0)
+                            n_el = L // step
+                            chunk_val = Cat(*[q_vec[i * step][:w] for i in range(n_el)])
                         cw = w * n_el
-                        m.d.comb += pk_merged.eq(pk_data)
+                        n_chunks = beat_bits // cw
                         with m.Switch(pk_pos):
                             for pos in range(n_chunks):
                                 with m.Case(pos):
@@ -640,7 +653,7 @@ class Pcu(wiring.Component):
                              vout_data.eq(pk_merged)]
             with m.Else():
                 m.d.sync += [pk_data.eq(pk_merged), pk_pos.eq(pk_pos + 1)]
-        with m.If(adv & q_valid & out_sout_en & ~vector_mode):
+        with m.If(adv & q_valid & out_sout_en & ~vec_like):
             m.d.sync += [sout_valid.eq(1), sout_data.eq(q_scalar)]
 
         # ---------------- output tokens ----------------
@@ -761,8 +774,12 @@ class PcuConfig:
         self.regs[PcuReg.EMIT] = _level_ok(level, self.geom["n_ctr"])
         return self
 
-    def reduce(self, red):
-        self.regs[PcuReg.REDUCE] = int(red)
+    def reduce(self, red, segment_log2=0):
+        """Reduction op; ``segment_log2`` = g > 0 reduces groups of ``2**g`` lanes."""
+        T = (self.geom["lanes"] - 1).bit_length()
+        if segment_log2 and not 0 < segment_log2 < T:
+            raise ValueError(f"segment_log2 must be in 1..{T - 1}")
+        self.regs[PcuReg.REDUCE] = int(red) | segment_log2 << 3
         return self
 
     def output(self, vout=True, sout=False, pack_bits=32, flush_level=None):

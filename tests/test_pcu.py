@@ -675,3 +675,32 @@ def test_gemv_int16_input_three_vins():
     check_gemv(prog, exp, 16)
     with pytest.raises(ValueError):
         PcuConfig.gemv(P4, rows, nb, m, s, x_bits=16)
+
+
+def test_segmented_reduce_attention_scores():
+    """Segmented SUM tree: per-head dot products (head_dim 8 = 2 lanes of int8 at 4 lanes),
+    q reused for every position; also a segmented MAX packed to int16."""
+    p = P4
+    rng = np.random.default_rng(33)
+    T, H, hd = 5, 2, 8
+    q = rng.integers(-128, 128, (H, hd)).astype(np.int8)
+    K = rng.integers(-128, 128, (T, H, hd)).astype(np.int8)
+    c = PcuConfig(p).counters(T).vin(0).vin(1, pop_level=1)
+    c.stage(0, FuOp.DP4, Src.VIN0, Src.VIN1)
+    c.emit(0).reduce(Red.SUM, segment_log2=1).output(vout=True, pack_bits=32)
+    scores = Program(c.writes(), vin=[[pack(K[t].reshape(-1), 8) for t in range(T)],
+                                      [pack(q.reshape(-1), 8)]])
+    exp_scores = I.dot(q[None, :, :], K, axis=-1).reshape(-1).tolist()
+    v = rng.integers(-(1 << 15), 1 << 15, (6, p.lanes))
+    c = PcuConfig(p).counters(6).vin(0).emit(0).reduce(Red.MAX, segment_log2=1)
+    c.output(vout=True, pack_bits=16)
+    mx = Program(c.writes(), vin=[[pack(r, 32) for r in v]])
+    exp_mx = v.reshape(6, 2, 2).max(axis=-1).reshape(-1).tolist()
+    run_programs(p, [scores, mx], seed=33, gap=0.3, ready=0.5)
+    got = vout_elems(scores, 32)
+    assert len(scores.vout) == 3
+    assert got == exp_scores + [0] * (12 - len(exp_scores))
+    assert len(mx.vout) == 2 and vout_elems(mx, 16)[:12] == exp_mx
+    assert scores.sout == [] and mx.sout == []
+    check_control(scores)
+    check_control(mx)
