@@ -11,6 +11,7 @@ import pytest
 from hdl.params import DEFAULT_PARAMS, RduParams
 from hdl.unitmap import (KINDS, REGS_PER_KIND, kind_ranges, regs_per_kind, unit_by_id, unit_id,
                          unit_map, units_of_kind)
+from tb.bitfuzz import mutate, resign
 from sw.bitstream import (HEADER_SIZE, MAGIC, Bitstream, BitstreamError, ConfigStatus,
                           ConfigWrite, Kernel, SectionType, check, crc32)
 
@@ -29,12 +30,6 @@ def sample(seed=0, n=50, params=P, **kw):
                           "hops": ["sw(0,1)", "sw(0,0)"]}]}
     return Bitstream.for_params(params, writes, kernels, {"model": "tiny", "mode": "looped"},
                                 routes, **kw)
-
-
-def resign(b) -> bytes:
-    b = bytearray(b)
-    b[-4:] = crc32(bytes(b[:-4])).to_bytes(4, "little")
-    return bytes(b)
 
 
 # ---- unit map ----------------------------------------------------------------------------------
@@ -209,52 +204,6 @@ def test_buffer_size_from_argument():
 
 
 # ---- fuzz ----------------------------------------------------------------------------------------
-
-def mutate(rng: random.Random, data: bytes) -> tuple[bytes, bool]:
-    """One random defect. Returns (data, resigned): resigned mutations get a fresh CRC so that
-    they reach the section and record checks."""
-    b = bytearray(data)
-    kind = rng.choices(["bit", "bits", "byte", "trunc", "extend", "field", "field_resign",
-                        "record_resign", "splice"], weights=[2, 1, 1, 1, 1, 1, 2, 3, 1])[0]
-    if len(b) < 84 and kind in ("field", "field_resign", "record_resign"):
-        kind = "bit"
-    if not b:
-        return bytes(rng.randbytes(rng.randint(0, 80))), False
-    if kind == "bit":
-        i = rng.randrange(len(b) * 8)
-        b[i // 8] ^= 1 << (i % 8)
-    elif kind == "bits":
-        for _ in range(rng.randint(2, 16)):
-            i = rng.randrange(len(b) * 8)
-            b[i // 8] ^= 1 << (i % 8)
-    elif kind == "byte":
-        b[rng.randrange(len(b))] = rng.randrange(256)
-    elif kind == "trunc":
-        del b[rng.randrange(len(b)):]
-    elif kind == "extend":
-        b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 70)))
-    elif kind == "splice":
-        i = rng.randrange(len(b))
-        b[i:i + 8] = rng.randbytes(rng.randint(0, 16))
-    else:
-        if kind == "record_resign":
-            n = int.from_bytes(b[16:18], "little")
-            t, o, ln, _ = struct.unpack_from("<IIII", b, 64) if n else (0, 64, 0, 0)
-            lo, hi = (o, o + ln) if ln else (64, len(b) - 4)
-        else:
-            lo, hi = 0, 64 + 16 * 4            # header and section table
-        hi = min(hi, len(b) - 4)
-        lo = max(0, min(lo, hi - 1))
-        i = rng.randrange(lo, hi)
-        if kind == "record_resign" and rng.random() < 0.7:
-            i = lo + (i - lo) // 8 * 8 + rng.randrange(2)    # a record's unit or register byte
-        if rng.random() < 0.5:
-            b[i] ^= 1 << rng.randrange(8)
-        else:
-            b[i] = rng.choice([0, 1, 4, 8, 0x40, 0x7f, 0x80, 0xff, rng.randrange(256)])
-        return resign(b), True
-    return bytes(b), False
-
 
 def test_fuzz_reader_only_raises_bitstream_error():
     rng = random.Random(20240601)
