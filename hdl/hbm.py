@@ -101,18 +101,18 @@ Cycle-level contract
 * **error** (sticky until reset) is raised when a request crosses its burst block
   (``addr % burst + beats > burst``); such a request is still executed on consecutive addresses of
   its channel, which are *not* the addresses the initiator meant.
-* The backing store is one ``lib.memory.Memory`` of ``hbm_channel_beats`` x 512 bit per channel,
+* The backing store is one :class:`hdl.ram.WideRam` (a ``lib.memory.Memory`` in simulation) of ``hbm_channel_beats`` x 512 bit per channel,
   initialised to zero.
 """
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .bus import hbm_port_signature, hbm_stats_signature
 from .params import RduParams
+from .ram import WideRam
 
 __all__ = ["HbmController", "HbmGeometry", "hbm_response_buffer_beats"]
 
@@ -282,15 +282,14 @@ class _Channel(Elaboratable):
             m.d.sync += [cur_left.eq(cur_left - 1), cur_addr.eq(cur_addr + 1)]
 
         # ---- backing store ------------------------------------------------------------------
-        m.submodules.store = store = Memory(shape=unsigned(p.beat_bits), depth=p.hbm_channel_beats, init=[])
-        rport = store.read_port()
-        wport = store.write_port()
+        # WideRam: a lib.memory.Memory in simulation, a no-init Verilog RAM in Verilator builds.
+        m.submodules.store = store = WideRam(p.beat_bits, p.hbm_channel_beats)
         beat = Signal()
         m.d.comb += beat.eq(cur_left != 0)
         m.d.comb += [
-            rport.addr.eq(cur_addr), rport.en.eq(beat & ~cur_write),
-            wport.addr.eq(cur_addr), wport.data.eq(self.wfifo.r_data),
-            wport.en.eq(beat & cur_write),
+            store.r_addr.eq(cur_addr), store.r_en.eq(beat & ~cur_write),
+            store.w_addr.eq(cur_addr), store.w_data.eq(self.wfifo.r_data),
+            store.w_en.eq(beat & cur_write),
             self.wfifo.r_en.eq(beat & cur_write),
             self.rd_beat.eq(beat & ~cur_write),
             self.wr_beat.eq(beat & cur_write),
@@ -314,7 +313,7 @@ class _Channel(Elaboratable):
         m.d.comb += [
             lat_in.release.eq(now + (L - 4)),
             lat_in.port.eq(rd_pending_port),
-            lat_in.data.eq(rport.data),
+            lat_in.data.eq(store.r_data),
             lat.w_data.eq(lat_in),
             lat.w_en.eq(rd_pending),
         ]

@@ -61,8 +61,11 @@ class Build:
 
 
 def _verilog_text(component, name: str) -> str:
-    ports = None  # lib.wiring.Component: ports come from its signature
-    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+    """Verilog of ``component`` plus the behavioural modules its black boxes instantiate."""
+    from hdl.ram import verilog_blackboxes
+    with verilog_blackboxes() as extra:
+        text = verilog.convert(component, name=name, emit_src=False)
+    return text + "\n" + extra
 
 
 def _source_fingerprint(component) -> str:

@@ -1,0 +1,30 @@
+"""``rdu bench-hbm``: the memory-system benchmark (see :mod:`sw.bench.hbm`)."""
+
+from pathlib import Path
+
+from sw.cli import UserError, command
+
+
+@command("bench-hbm", "benchmark the HBM memory system on Verilator (writes hbm.json)")
+def _bench_hbm(parser):
+    parser.add_argument("--out", type=Path, default=Path("sim_results/bench"))
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of HBM each pattern sweeps (default 1.0 = all 2 MiB)")
+    parser.add_argument("--seed", type=int, default=1)
+
+    def run(args):
+        from sw.bench.hbm import format_table, run_bench
+        if not 0 < args.scale <= 1:
+            raise UserError("--scale must be in (0, 1]")
+        print("building the benchmark toplevel on Verilator (cached after the first build) ...",
+              flush=True)
+        try:
+            res = run_bench(args.out, scale=args.scale, seed=args.seed)
+        except AssertionError as e:
+            raise UserError(f"benchmark failed: {str(e).splitlines()[0]}") from None
+        print(format_table(res))
+        print(f"Verilator build {res['verilator_build_seconds']} s"
+              f"{' (cached)' if res['build_cached'] else ''}, run {res['run_seconds']} s; "
+              f"wrote {args.out / 'hbm.json'}")
+        return 0
+    return run
