@@ -127,6 +127,32 @@ POST_IMM           41     as STAGEs_IMM
 
 All registers reset to 0: the unit then runs one beat with every input disabled and stage
 ops PASS. Source codes (:class:`Src`): 0 PREV, 1 IMM, 2 ACC, 3 ZERO, 4+k VIN k, 8+k SIN k.
+Accumulators are not cleared by ``start`` (the first beat of each group overwrites them); ACC
+as an operand of a stage without an accumulate level reads a stale value.
+
+Golden-model patterns (``sw/golden.py``) and how they map (T = tested in tests/test_pcu.py)
+
+==============  =================================================================================
+pattern         PCU program(s)
+==============  =================================================================================
+gemv (int8 x)   :meth:`PcuConfig.gemv`: DP4 + row accumulate, SUM tree, post REQUANT with per-row
+                (m, s) from sin0, packed int8/16/32 on vout (T). lm_head = 32-bit output (T).
+gemv (int16 x)  needs a third vector input (``pcu_vector_inputs = 3``): DP4 hi, SHL 8, DP4U lo (T)
+rmsnorm         pass 1: SHR_ROUND, MUL self, accumulate, SUM tree, post ADD eps -> sout (T);
+                scalar: CLZ/SUB/AND/SHLR give the rsqrt index (T) and, in a second lane chain or
+                PCU, half_k; PMU LUT; pass 2 (x re-read from a PMU): MUL(x, sin r), REQUANT with
+                per-channel (m, s) words on vin1 and C = sin half_k, pack 8 (ops T)
+rope            MUL accumulated over 2-beat groups ((x1, cos), (x2, -sin)), REQUANT, pack 8 (T)
+attn_scores     DP4, segmented SUM tree (a group of lanes per head), q reused (T)
+softmax_num     MAX: lane MAX accumulators + MAX tree -> sout (T); pass 2 over the buffered
+                scores: SUB(sin mx, vin), REQUANT 16, MIN N-1 -> LUT indices on vout; PMU LUT;
+                SUM tree + post SUM accumulator (T)
+attn_wsum       MUL(vin V, sin e_t) accumulated over t; scalar chain CLZ/SHLR for recip_index;
+                REQUANT(acc, B = sin (mh | s_a << 16), C = sin E)
+swiglu          MUL(vin LUT(g), vin u16 unpacked), REQUANT, pack 8 (T)
+residual        ADD_SAT 16 on unpacked int16, pack 16 (T)
+argmax          MAXIDX tree + post ARGMAX accumulator -> sout (T)
+==============  =================================================================================
 """
 
 import enum
