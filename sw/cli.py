@@ -30,6 +30,7 @@ _COMMAND_MODULES = [
     "sw.kernels.cli",
     "sw.compiler.cli",
     "sw.bench.cli",
+    "sw.bitstream_cli",
 ]
 
 

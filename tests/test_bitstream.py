@@ -244,3 +244,78 @@ def test_fuzz_random_garbage():
             pass
     with pytest.raises(TypeError):
         Bitstream.from_bytes("not bytes", P)
+
+
+# ---- rdu inspect --------------------------------------------------------------------------------
+
+def _rdu(capsys, *argv):
+    from sw.cli import main
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_inspect_prints_everything(tmp_path, capsys):
+    f = tmp_path / "k.rbit"
+    bs = sample(n=6, flags=1)
+    f.write_bytes(bs.to_bytes())
+    rc, out, err = _rdu(capsys, "inspect", str(f))
+    assert rc == 0 and err == ""
+    assert "matches default RduParams" in out and "crc-32" in out and "ok" in out
+    for t in ("CONFIG", "KERNELS", "METADATA", "ROUTES", "LOOPED"):
+        assert t in out
+    for w in bs.writes:
+        u = unit_by_id(P, w.unit)
+        assert f"{u.name:<10} id {w.unit:>3}" in out and f"0x{w.value:08x}" in out
+    assert "'layer', looped x5" in out and "pmu0.out0 -> pcu0.in0" in out
+    assert "gemv q" in out and "model: tiny" in out
+    # Register names come from the unit module where it defines them.
+    from hdl.unitmap import register_enum
+    agcu_regs = register_enum("agcu")
+    if agcu_regs is not None:
+        g = Bitstream.for_params(P, [(unit_id(P, "agcu", 0), int(list(agcu_regs)[0]), 1)])
+        f.write_bytes(g.to_bytes())
+        rc, out, _ = _rdu(capsys, "inspect", str(f))
+        assert rc == 0 and list(agcu_regs)[0].name in out
+
+
+def test_inspect_other_geometry(tmp_path, capsys):
+    p2 = RduParams(grid_rows=2, grid_cols=2)
+    f = tmp_path / "g.rbit"
+    f.write_bytes(sample(n=4, params=p2).to_bytes())
+    rc, out, _ = _rdu(capsys, "inspect", str(f))
+    assert rc == 0 and "does NOT match default RduParams" in out and "2x2 grid" in out
+    rc, out, err = _rdu(capsys, "inspect", str(f), "--params-default")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("rdu: error:") and "BAD_GEOMETRY" in err
+    # Without usable params in METADATA the geometry cannot be recovered.
+    bs = sample(n=4, params=p2)
+    bs.metadata.pop("params")
+    f.write_bytes(bs.to_bytes())
+    rc, _, err = _rdu(capsys, "inspect", str(f))
+    assert rc == 2 and "BAD_GEOMETRY" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["crc", "truncated", "magic", "unknown_unit", "metadata_json"])
+def test_inspect_bad_files_one_line(tmp_path, capsys, name):
+    data, code = CRAFTED[name]
+    f = tmp_path / "bad.rbit"
+    f.write_bytes(data)
+    rc, out, err = _rdu(capsys, "inspect", str(f))
+    assert rc == 2 and out == ""
+    assert err.startswith("rdu: error:") and err.count("\n") == 1 and code.name in err
+
+
+def test_inspect_fuzzed_files_never_traceback(tmp_path, capsys):
+    rng = random.Random(3)
+    base = sample(n=10).to_bytes()
+    f = tmp_path / "f.rbit"
+    for _ in range(60):
+        data, _ = mutate(rng, base)
+        f.write_bytes(data)
+        rc, out, err = _rdu(capsys, "inspect", str(f))
+        assert rc in (0, 2)
+        if rc == 2:
+            assert err.startswith("rdu: error:") and err.count("\n") == 1
+    rc, _, err = _rdu(capsys, "inspect", str(tmp_path / "missing.rbit"))
+    assert rc == 2 and "cannot read" in err
