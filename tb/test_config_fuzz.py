@@ -83,6 +83,14 @@ def test_config_controller_fuzz(tmp_path):
     check_results(xml)
     r = json.loads(result.read_text())
     full = next(c for c in r["cases"] if c["name"] == "full_4k")
+    # The cycle contract of hdl/config.py: B + R + C + 2S + 25 (C = beats of the CONFIG section).
+    data = bytes.fromhex(cases[0]["data"])
+    secs = Bitstream.from_bytes(data, P, buffer_bytes=BUF).sections
+    cfg = next(s for s in secs if s.type == 1)
+    n_rec = cfg.length // 8
+    c_beats = (cfg.offset + cfg.length + 63) // 64 - cfg.offset // 64
+    bound = len(data) // 64 + n_rec + c_beats + 2 * len(secs) + 25
+    assert full["cycles"] <= bound, (full["cycles"], bound)
     print(f"\nconfig controller: build {b.build_seconds:.1f}s (cached={b.cached}); "
           f"4 KiB bitstream ({len(raw_config_writes(bytes.fromhex(cases[0]['data'])))} writes) "
           f"loads in {full['cycles']} cycles; {len(cases)} bitstreams, {r['sim_cycles']} cycles "

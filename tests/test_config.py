@@ -146,9 +146,12 @@ def test_valid_bitstream_replays_exact_writes(n_writes, gaps):
     assert r["writes"] == [(w.unit, w.reg, w.value) for w in bs.writes]
     assert r["n_writes"] == n_writes
     if gaps == 0.0:
-        # Cycle contract of the docstring: B + 2R + 2S + ~24 from start to done.
-        B, S = (len(data) + 63) // 64, len(Bitstream.from_bytes(data, P, buffer_bytes=BUF).sections)
-        assert r["cycles"] <= B + 2 * n_writes + 2 * S + 24, r["cycles"]
+        # Cycle contract of the docstring: B + R + C + 2S + ~25 from start to done.
+        secs = Bitstream.from_bytes(data, P, buffer_bytes=BUF).sections
+        cfg = next(s for s in secs if s.type == 1)
+        C = (cfg.offset + cfg.length + 63) // 64 - cfg.offset // 64 if cfg.length else 0
+        B, S = (len(data) + 63) // 64, len(secs)
+        assert r["cycles"] <= B + n_writes + C + 2 * S + 25, r["cycles"]
 
 
 def test_valid_bitstream_with_verilator_crc_netlist():
@@ -230,6 +233,11 @@ def _bad_cases():
     cases["reg_range"] = (resign(b), None, ConfigStatus.REG_OUT_OF_RANGE)
     b = bytearray(good); b[cfg_off] = 255; b[cfg_off + 8 + 1] = 255
     cases["first_bad_record_wins"] = (resign(b), None, ConfigStatus.UNKNOWN_UNIT)
+    b = bytearray(good); b[cfg_off + 8 * 9] = 0; b[cfg_off + 8 * 9 + 1] = 255
+    b[cfg_off + 8 * 10] = 255
+    cases["first_bad_record_wins_reg"] = (resign(b), None, ConfigStatus.REG_OUT_OF_RANGE)
+    b = bytearray(good); b[cfg_off + 8 * 11 + 1] = 255
+    cases["last_record_bad"] = (resign(b), None, ConfigStatus.REG_OUT_OF_RANGE)
     return cases
 
 
