@@ -28,30 +28,37 @@ check (including every record's unit and register) has passed.
 Timing for an ``L``-byte bitstream (``B = ceil(L/64)`` beats, ``S`` sections, ``R`` config
 records), with the sender presenting one beat per cycle:
 
-=================  ===================  ===================================================
-phase              cycles               what
-=================  ===================  ===================================================
-receive            ``B``                one beat per cycle into the buffer; CRC-32 over every
-                                        beat wholly inside ``[0, L-4)`` at 512 bits/cycle
-header check       1                    magic, version, lengths (latched from beat 0)
-CRC tail           ``2 + ((L-4)%64)/4``  read the last beat, CRC its remaining 32-bit words,
-                                        compare with the stored CRC; digest; table bounds
-section table      ``2 * S``            one read + one check per entry
-validate records   ``C + 2``            pass 1: the unit id and register of all 8 records
-                                        of a buffer beat per cycle (``C`` = beats the CONFIG
-                                        section touches, about ``R/8``)
-replay records     ``R + 2``            pass 2: one ``cfg`` write per record, in file order
-=================  ===================  ===================================================
+=================  =======================  ===============================================
+phase              cycles                   what
+=================  =======================  ===============================================
+receive            ``B``                    one beat per cycle into the buffer; CRC-32 over
+                                            every beat wholly inside ``[0, L-4)``, 512
+                                            bits per cycle
+header check       1                        magic, version, lengths (latched from beat 0)
+CRC tail           ``2 + ((L-4)%64)/4``     read the last beat, CRC its remaining 32-bit
+                                            words (at most 15), compare with the stored
+                                            CRC; digest; section-table bounds
+section table      ``2 * S``                one read + one check per entry
+validate records   ``C + 2``                pass 1: unit id and register of all 8 records
+                                            of a buffer beat per cycle (``C`` = beats the
+                                            CONFIG section touches, about ``R/8``)
+replay records     ``R + 2``                pass 2: one ``cfg`` write per record, in file
+                                            order
+=================  =======================  ===============================================
 
-``done`` comes 1 cycle after the last phase, so a load takes about ``B + R + R/8 + 2S + 25``
+``done`` comes 1 cycle after the last phase, so a load takes at most ``B + R + C + 2S + 25``
 cycles from ``start``: a 4 KiB bitstream holding 422 records takes 569 cycles (measured under
 Verilator by ``tb/test_config_fuzz.py``); the replay pass (the config bus's one write per cycle)
 is the floor. A refused bitstream stops at the failing check; within a beat, the first failing
-record in file order names the code. The CRC uses a 32-bit register updated by one of two parallel XOR networks
-(512-bit and 32-bit data), generated from the bit-serial definition by :func:`crc32_matrix`;
-``amaranth.lib.crc.Processor`` has a fixed data width and cannot continue another engine's CRC,
-which the byte-granular tail needs. Tests check both networks against ``zlib.crc32`` and
-``amaranth.lib.crc.catalog.CRC32_ETHERNET``.
+record in file order names the code.
+
+CRC: one 32-bit register updated by one of two parallel XOR networks (512-bit data while
+receiving, 32-bit data for the tail), generated from the bit-serial definition by
+:func:`crc32_matrix`. ``amaranth.lib.crc.Processor`` has a fixed data width and cannot continue
+another engine's CRC, which the word-granular tail needs. Tests check both networks against
+``zlib.crc32`` and ``amaranth.lib.crc.catalog.CRC32_ETHERNET``. ``crc_style`` picks one of two
+equivalent netlists of the networks (see :func:`crc32_step`): ``"cat"`` (default, for Verilator)
+or ``"mask"`` (faster in Amaranth's Python simulator).
 """
 
 from __future__ import annotations
@@ -100,9 +107,10 @@ def crc32_step(state: Value, data: Value, style: str = "cat") -> Value:
 
     Two netlists of the same XOR network: ``"cat"`` XOR-reduces a concatenation of the selected
     bits; ``"mask"`` XOR-reduces ``Cat(state, data) & mask``. Amaranth folds the AND with a
-    constant into a bit scatter over a 544-bit temporary that Verilator turns into ~5 MB of C++
-    (a two-minute compile, measured), so Verilator builds use ``"cat"`` (~1 MB, seconds); Amaranth's
-    Python simulator runs ``"mask"`` about 8x faster, so the simulator unit tests use it.
+    constant into a bit scatter over a 544-bit temporary that Verilator turns into 4.9 MB of C++
+    (measured; the controller's build took over two minutes on the shared machine), against
+    1.2 MB for ``"cat"``, so Verilator builds use ``"cat"``; the simulator unit tests use
+    ``"mask"``, which Amaranth's Python simulator runs faster.
     """
     x = Cat(state, data)
     masks = crc32_matrix(len(data))
