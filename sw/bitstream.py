@@ -331,6 +331,10 @@ class Bitstream:
     sections: list[SectionEntry] = field(default_factory=list, compare=False)
     crc: int | None = field(default=None, compare=False)
 
+    def __post_init__(self):
+        self.params_digest = bytes(self.params_digest)
+        self.writes = [w if isinstance(w, ConfigWrite) else ConfigWrite(*w) for w in self.writes]
+
     @classmethod
     def for_params(cls, params: RduParams, writes=(), kernels=(), metadata=None, routes=None,
                    flags: int = 0) -> "Bitstream":
@@ -347,7 +351,7 @@ class Bitstream:
         payloads: list[tuple[int, bytes, int]] = []   # (type, payload, alignment)
         cfg = bytearray()
         for w in self.writes:
-            w = ConfigWrite(*w) if not isinstance(w, ConfigWrite) else w
+            w = w if isinstance(w, ConfigWrite) else ConfigWrite(*w)
             if not (0 <= w.unit < 256 and 0 <= w.reg < 256 and 0 <= w.value < 2**32):
                 raise ValueError(f"config write out of field range: {w}")
             cfg += struct.pack("<BBHI", w.unit, w.reg, 0, w.value)

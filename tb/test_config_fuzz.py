@@ -26,7 +26,7 @@ def _bitstream(rng, n_writes, pad=0):
     md = {"model": "fuzz"}
     if pad:
         md["pad"] = "p" * pad
-    return Bitstream.for_params(P, writes, [], md).to_bytes()
+    return Bitstream(P.digest(), writes, [], md).to_bytes()
 
 
 def _full_4k(rng):
