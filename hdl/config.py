@@ -47,7 +47,7 @@ replay records     ``R + 2``                pass 2: one ``cfg`` write per record
 =================  =======================  ===============================================
 
 ``done`` comes 1 cycle after the last phase, so a load takes at most ``B + R + C + 2S + 25``
-cycles from ``start``: a 4 KiB bitstream holding 422 records takes 569 cycles (measured under
+cycles from ``start``: a 4 KiB bitstream holding 495 records takes 651 cycles (measured under
 Verilator by ``tb/test_config_fuzz.py``); the replay pass (the config bus's one write per cycle)
 is the floor. A refused bitstream stops at the failing check; within a beat, the first failing
 record in file order names the code.
