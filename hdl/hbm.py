@@ -35,7 +35,8 @@ Address map (beat address ``a``; all fields are bit slices, every size is a powe
     column burst      = lb % bursts_per_row            (bursts_per_row = hbm_row_bytes / burst bytes)
     bank field        = (lb // bursts_per_row) % hbm_banks
     row               = lb // (bursts_per_row * hbm_banks)
-    bank              = bank field XOR ((2 * row) % hbm_banks)   (permutation-based interleaving)
+    bank              = bank field XOR 2 * fold(row)   (permutation-based interleaving; fold(row)
+                        XORs the row's bits in chunks of log2(banks) - 1 bits)
 
 Why the XOR bank hash (after Zhang, Zhu, Zhang, MICRO 2000): this controller serves each channel
 queue in order (no FR-FCFS reordering), so two streams that walk the banks in lockstep (e.g. two
@@ -44,7 +45,11 @@ streams a multiple of ``banks * row`` apart hit the same bank on different rows 
 ping-pong precharge/activate. The hash term is ``2*row`` rather than ``row``: stream A can only
 prepare its next bank while stream B is not still streaming from it, i.e. collisions happen when
 hash(row_A) XOR hash(row_B) is one of {1, 3, 7, 15} (= f XOR f+1); for consecutive rows plain
-``row`` gives exactly those values, ``2*row`` gives {2, 6, 14}. Residual pathological cases
+``row`` gives exactly those values, ``2*row`` gives {2, 6, 14}. The row is *folded* (all of its
+bits XORed in chunks) before doubling: with ``2*row`` alone, two streams whose rows differ by a
+multiple of ``banks/2`` (any two power-of-two-aligned regions of 8 rows or more, which is how
+weight matrices get laid out) hash identically and conflict on every burst — measured: 15% of
+peak for four AGCUs streaming four 512 KiB quarters of HBM. Residual pathological cases
 (streams whose bank walks stay adjacent) remain, as in any in-order controller; they cost one
 exposed tRP+tRCD per row and are visible in ``stats.row_miss``/utilisation.
 
@@ -152,19 +157,29 @@ class HbmGeometry:
         self.row_bits = self.local_block_bits - self.col_bits - self.bank_bits
         assert self.row_bits >= 0, "hbm_bytes too small for the bank/row geometry"
 
+    def row_hash(self, row: int) -> int:
+        """Bank permutation term of a row: all row bits XOR-folded into ``bank_bits - 1`` bits,
+        times two (see the module docstring)."""
+        w = max(1, self.bank_bits - 1)
+        f = 0
+        while row:
+            f ^= row & ((1 << w) - 1)
+            row >>= w
+        return (f << 1) & ((1 << self.bank_bits) - 1)
+
     def split(self, addr: int):
         """(channel, bank, row, local beat address) of a beat address."""
         b = addr >> self.burst_bits
         ch = b & ((1 << self.channel_bits) - 1)
         lb = b >> self.channel_bits
         row = lb >> (self.col_bits + self.bank_bits)
-        bank = ((lb >> self.col_bits) ^ (row << 1)) & ((1 << self.bank_bits) - 1)
+        bank = ((lb >> self.col_bits) ^ self.row_hash(row)) & ((1 << self.bank_bits) - 1)
         local = (lb << self.burst_bits) | (addr & ((1 << self.burst_bits) - 1))
         return ch, bank, row, local
 
     def compose(self, channel: int, bank: int, row: int, col: int = 0, offset: int = 0) -> int:
         """Beat address of (channel, bank, row, column burst, beat offset): inverse of split."""
-        field = (bank ^ (row << 1)) & ((1 << self.bank_bits) - 1)
+        field = (bank ^ self.row_hash(row)) & ((1 << self.bank_bits) - 1)
         lb = (((row << self.bank_bits) | field) << self.col_bits) | col
         return (((lb << self.channel_bits) | channel) << self.burst_bits) | offset
 
@@ -218,7 +233,11 @@ class _Channel(Elaboratable):
         def bank_of(e):
             field = e.lb[geo.col_bits:geo.col_bits + geo.bank_bits]
             row = e.lb[geo.col_bits + geo.bank_bits:]
-            return field ^ Cat(C(0, 1), row[:min(geo.bank_bits - 1, geo.row_bits)])
+            w = max(1, geo.bank_bits - 1)
+            folded = 0
+            for lo in range(0, geo.row_bits, w):
+                folded = folded ^ row[lo:min(lo + w, geo.row_bits)]
+            return field ^ Cat(C(0, 1), folded)[:geo.bank_bits]
 
         def row_of(e):
             return e.lb[geo.col_bits + geo.bank_bits:]

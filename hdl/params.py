@@ -31,6 +31,10 @@ class RduParams:
     lanes: int = 16                  # PCU SIMD lanes
     word_bits: int = 32              # bits per lane
     pcu_stages: int = 6              # FU pipeline stages per PCU
+    pcu_vector_inputs: int = 3       # vector input ports (3: int16-x GEMV needs x_hi, x_lo, W)
+    pcu_scalar_inputs: int = 2       # scalar input ports
+    pcu_counters: int = 3            # nested counters in the PCU's counter chain
+    pcu_fifo_depth: int = 4          # entries per PCU input FIFO
     pmu_bytes: int = 16 * 1024       # scratchpad per PMU
     pmu_banks: int = 16
     pmu_counters: int = 3            # nested counters per PMU address generator
@@ -55,6 +59,9 @@ class RduParams:
     hbm_refresh_per_bank: bool = True  # REFsb round-robin per bank (True) or REFab all-bank (False)
     hbm_refresh_postpone: int = 8    # refreshes the controller may owe before it forces one
     agcu_counters: int = 4           # nested address counters per AGCU (COUNT_k/STRIDE_k pairs)
+
+    # ---- configuration -----------------------------------------------------------------
+    config_buffer_bytes: int = 16 * 1024  # config controller's bitstream buffer
 
     # ---- host ---------------------------------------------------------------------------
     csr_addr_bits: int = 12          # CSR word address space

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.verilator
 def test_hbm_bench_quick(tmp_path):
     res = run_bench(tmp_path, scale=1 / 16, seed=5)
     data = json.loads((tmp_path / "hbm.json").read_text())
-    assert set(data["patterns"]) == {"sequential", "sequential_2agcu", "strided", "kv_mixed"}
+    assert set(data["patterns"]) == {"sequential", "sequential_interleaved", "sequential_2agcu", "strided", "kv_mixed"}
     for name, r in data["patterns"].items():
         for key in ("peak_bytes_per_cycle", "sustained_bytes_per_cycle", "utilization",
                     "latency_mean_cycles", "latency_p99_cycles", "sim_cycles_per_second"):

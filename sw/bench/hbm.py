@@ -5,6 +5,8 @@ for the fabric):
 
 - ``sequential``: the weight-streaming pattern. All AGCUs stream disjoint contiguous regions,
   which together cover ``span`` beats. This is what decode does with the weights.
+- ``sequential_interleaved``: one sequential stream split across all AGCUs at burst
+  granularity (how the compiler splits one weight matrix): all AGCUs walk the same rows.
 - ``sequential_2agcu``: the same with only two AGCUs (one beat/cycle each = the peak of two
   channels only if both stay busy).
 - ``strided``: every AGCU reads one beat every ``stride`` beats (a column walk): single-beat
@@ -34,6 +36,12 @@ def patterns(p: RduParams, scale: float = 1.0) -> list[dict]:
 
     seq = {"name": "sequential", "description": f"{n} AGCUs stream {span} contiguous beats",
            "agcus": [rd(i * q, q) for i in range(n)]}
+    bb = p.hbm_burst_beats
+    inter = {"name": "sequential_interleaved",
+             "description": f"{n} AGCUs stream {span} contiguous beats, burst-interleaved "
+                            f"(AGCU i takes bursts i, i+{n}, ...)",
+             "agcus": [{"mode": "read", "base": i * bb, "counts": [bb, span // (n * bb)],
+                        "strides": [1, n * bb]} for i in range(n)]}
     half = span // 2
     seq2 = {"name": "sequential_2agcu", "description": f"2 AGCUs stream {span} contiguous beats",
             "agcus": [rd(0, half), rd(half, half)]}
@@ -47,7 +55,7 @@ def patterns(p: RduParams, scale: float = 1.0) -> list[dict]:
           "agcus": [rd(i * q, q) for i in range(n - 1)]
           + [{"mode": "write", "base": (n - 1) * q, "counts": [wq], "strides": [1]}],
           "gap": 0}
-    return [seq, seq2, strided, kv]
+    return [seq, inter, seq2, strided, kv]
 
 
 def run_bench(out: Path, params: RduParams = DEFAULT_PARAMS, scale: float = 1.0,
