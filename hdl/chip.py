@@ -3,11 +3,14 @@
 Ports (all the host sees):
 
 - ``csr``: the CSR bus of :class:`~hdl.host.HostInterface` (register map there).
-- ``h2c`` / ``c2h``: the DMA data streams, one beat (``params.beat_bits``) per transfer.
+- ``h2c`` / ``c2h``: the DMA data streams, one beat (``params.beat_bits``) per transfer; ``h2c``
+  also carries bitstreams to the config controller (CSR ``CONFIG_CTRL`` bit 1).
+- ``run_done``: high once every unit started by the last ``RUN_START`` has finished (the
+  runtime sleeps on its rising edge).
 
 Inside: the host interface (CSRs, counters, DMA engine) and the memory system (HBM controller
 model + AGCUs; the host DMA engine is one more HBM client). Until the compute fabric exists, the
-AGCUs are started by the host (CSR ``AGCU_START``) and their fabric-side streams
+AGCUs are started by the host (CSRs ``RUN_MASK``/``RUN_START``) and their fabric-side streams
 (``chip.memsys.agcu[i].rd`` / ``.wr``) are left for an enclosing testbench toplevel to drive
 (benchmarks attach traffic sinks and sources there); unconnected, ``rd`` is never ready and
 ``wr`` never valid.
@@ -34,7 +37,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .host import EXT_BASE, HostInterface, csr_bus_signature
+from .config import ConfigController
 from .memsys import MemorySystem
+from .unitmap import unit_id, unit_map
 from .params import RduParams
 from .perf import LatencyMonitor
 
@@ -55,17 +60,33 @@ class Chip(wiring.Component):
             "csr": In(csr_bus_signature(p)),
             "h2c": In(stream.Signature(p.beat_bits)),
             "c2h": Out(stream.Signature(p.beat_bits)),
+            "run_done": Out(1),
         })
         # Built here, not in elaborate(), so enclosing toplevels can reach their ports.
-        self.host = HostInterface(p)
-        self.memsys = MemorySystem(p)
+        self.units = unit_map(p)
+        self.host = HostInterface(p, len(self.units))
+        self.memsys = MemorySystem(p, agcu_unit_base=unit_id(p, "agcu", 0))
+        self.config = ConfigController(p)
 
     def elaborate(self, platform):
         p = self.params
         m = Module()
         m.submodules.host = host = self.host
         m.submodules.memsys = memsys = self.memsys
+        m.submodules.config = cc = self.config
         wiring.connect(m, wiring.flipped(self.csr), host.csr)
+        m.d.comb += self.run_done.eq(host.run_done)
+
+        # Configuration: bitstreams arrive on h2c (routed by the host block), are checked, then
+        # replayed on the config bus, which the host merges with its debug writes.
+        wiring.connect(m, host.cc_data, cc.data)
+        m.d.comb += [
+            cc.start.eq(host.cc_start), cc.length.eq(host.cc_length),
+            host.cc_busy.eq(cc.busy), host.cc_done.eq(cc.done), host.cc_status.eq(cc.status),
+            host.cc_writes.eq(cc.writes),
+            host.cc_cfg.we.eq(cc.cfg.we), host.cc_cfg.unit.eq(cc.cfg.unit),
+            host.cc_cfg.addr.eq(cc.cfg.addr), host.cc_cfg.data.eq(cc.cfg.data),
+        ]
         wiring.connect(m, wiring.flipped(self.h2c), host.h2c)
         wiring.connect(m, host.c2h, wiring.flipped(self.c2h))
         wiring.connect(m, host.mem, memsys.dma)
@@ -76,13 +97,16 @@ class Chip(wiring.Component):
             host.hbm_stats.refresh.eq(memsys.stats.refresh),
             host.hbm_stats.row_miss.eq(memsys.stats.row_miss),
         ]
+        # Unit control by unit id (hdl/unitmap.py); ids without a controllable unit read idle.
         for i in range(p.n_agcus):
+            uid = unit_id(p, "agcu", i)
             ag = memsys.agcu[i]
             m.d.comb += [
-                ag.start.eq(host.agcu_start[i]),
-                ag.iteration.eq(host.agcu_iteration),
-                host.agcu_busy[i].eq(ag.busy),
-                host.agcu_status[i].eq(ag.status),
+                ag.start.eq(host.unit_start[uid]),
+                ag.iteration.eq(host.unit_iteration),
+                host.unit_busy[uid].eq(ag.busy),
+                host.unit_done[uid].eq(ag.done),
+                host.unit_status[uid].eq(ag.status),
             ]
 
         # Latency monitors on every HBM client, read through the extension window: the DMA

@@ -29,17 +29,33 @@ DMA_CTRL              W    bit 0 start, bit 1 direction (1 = host->HBM, 0 = HBM-
 DMA_STATUS            R    bit 0 busy, bits 2:1 last transfer's :class:`~hdl.dma.DmaError`
 CFG_UNIT / CFG_ADDR   R/W  target of the debug configuration write
 CFG_DATA              W    writing issues one config-bus write of this value (debug path; the
-                           bitstream config controller is the normal path)
-AGCU_ITER             R/W  iteration index handed to AGCUs started through AGCU_START
-AGCU_START            W    bit i: start AGCU i (one-cycle pulse)
-AGCU_BUSY             R    bit i: AGCU i busy
-AGCU_STATUS           R    4 bits per AGCU: its status code
+                           bitstream config controller is the normal path; a controller write
+                           in the same cycle wins)
+CONFIG_LENGTH         R/W  length in bytes of the bitstream to load
+CONFIG_CTRL           R/W  bit 0 (W): start the config controller; bit 1 (R/W, sticky): route
+                           ``h2c`` to the config controller instead of the DMA engine
+CONFIG_STATUS         R    bit 0 busy, bits 7:4 :class:`~sw.bitstream.ConfigStatus` of the last
+                           load, bits 31:16 number of register writes it made
+RUN_ITER              R/W  iteration index handed to the units started by RUN_START
+RUN_START             W    start every unit whose bit is set in RUN_MASK (one-cycle pulse)
+RUN_STATUS            R    bit 0 some masked unit busy; bit 1 every masked unit has finished
+                           (pulsed ``done``) since the last RUN_START (also the ``run_done`` pin)
+UNIT_SEL              R/W  unit id whose status UNIT_STATUS shows
+UNIT_STATUS           R    status code of unit UNIT_SEL (bits 3:0), busy (bit 4)
+RUN_MASK0 + k         R/W  bit i: unit id ``32k + i`` takes part in RUN_START
+RUN_BUSY0 + k         R    bit i: unit id ``32k + i`` busy
 COUNTER_BASE + 2k     R    counter k, bits 31:0 (see :data:`COUNTERS`)
 COUNTER_BASE + 2k+1   R    counter k, bits 47:32 (as latched by the LO read)
 ====================  ===  ============================================================
 
-Errors: an AGCU status that becomes non-zero or a refused DMA latches ``ERROR`` (first error
-wins) and sets STATUS bit 2; the runtime turns it into an exception.
+Errors: a unit status that becomes non-zero, a refused DMA or a refused bitstream latches
+``ERROR`` (first error wins, :func:`error_code_unit` / :class:`ErrorCode`) and sets STATUS bit 2;
+the runtime turns it into an exception. STATUS bit 3: config controller busy.
+
+Unit control: units are addressed by their config-bus unit id (``hdl/unitmap.py``). Each unit
+that runs programs has a unit-control interface (``hdl/links.py``); the chip ties ``busy``,
+``done`` and ``status`` of ids without one (switches) to zero. RUN_START is the host's way to
+launch a kernel until the looping sequencer takes over.
 """
 
 import enum
@@ -53,8 +69,8 @@ from .dma import DmaEngine
 from .params import RduParams
 from .perf import EventCounters
 
-__all__ = ["HostInterface", "Csr", "ErrorCode", "COUNTERS", "csr_bus_signature", "EXT_BASE",
-           "CHIP_ID"]
+__all__ = ["HostInterface", "Csr", "ErrorCode", "error_code_unit", "counter_names",
+           "csr_bus_signature", "EXT_BASE", "CHIP_ID"]
 
 CHIP_ID = 0x52445531
 EXT_BASE = 0x400
@@ -73,33 +89,38 @@ class Csr(enum.IntEnum):
     CFG_UNIT = 0x020
     CFG_ADDR = 0x021
     CFG_DATA = 0x022
-    AGCU_ITER = 0x030
-    AGCU_START = 0x031
-    AGCU_BUSY = 0x032
-    AGCU_STATUS = 0x033
+    CONFIG_LENGTH = 0x024
+    CONFIG_CTRL = 0x025
+    CONFIG_STATUS = 0x026
+    RUN_ITER = 0x030
+    RUN_START = 0x031
+    RUN_STATUS = 0x032
+    UNIT_SEL = 0x033
+    UNIT_STATUS = 0x034
+    RUN_MASK0 = 0x040
+    RUN_BUSY0 = 0x050
     COUNTER_BASE = 0x100
 
 
 class ErrorCode(enum.IntEnum):
-    """Latched in CSR ERROR. Bits 7:4 name the unit class, bits 3:0 the unit's own code."""
+    """Latched in CSR ERROR. Bits 7:4 name the source, bits 3:0 its own code; for units, bits
+    15:8 hold the unit id (:func:`error_code_unit`)."""
     NONE = 0x00
     DMA = 0x10          # | DmaError
-    AGCU = 0x20         # | agcu index << 8 ... see error_code_agcu()
+    UNIT = 0x20         # | unit id << 8 | unit status
+    CONFIG = 0x30       # | ConfigStatus
 
 
-def error_code_agcu(index: int, status: int) -> int:
-    return 0x20 | (index << 8) | status
+def error_code_unit(unit: int, status: int) -> int:
+    return ErrorCode.UNIT | (unit << 8) | status
 
 
 def counter_names(p: RduParams) -> list[str]:
-    names = ["cycles", "hbm_busy_cycles", "dma_busy_cycles", "agcu_busy_cycles"]
+    names = ["cycles", "hbm_busy_cycles", "dma_busy_cycles", "run_busy_cycles"]
     for c in range(p.hbm_channels):
         names += [f"ch{c}_rd_beats", f"ch{c}_wr_beats", f"ch{c}_refresh_cycles",
                   f"ch{c}_row_misses"]
     return names
-
-
-COUNTERS = counter_names  # call with params: the list is geometry dependent
 
 
 def csr_bus_signature(p: RduParams) -> wiring.Signature:
@@ -114,9 +135,9 @@ def csr_bus_signature(p: RduParams) -> wiring.Signature:
 
 
 class HostInterface(wiring.Component):
-    def __init__(self, params: RduParams):
+    def __init__(self, params: RduParams, n_units: int):
         self.params = p = params
-        n = p.n_agcus
+        self.n_units = n = n_units
         super().__init__({
             "csr": In(csr_bus_signature(p)),
             "h2c": In(stream.Signature(p.beat_bits)),
@@ -124,10 +145,21 @@ class HostInterface(wiring.Component):
             "mem": Out(hbm_port_signature(p)),           # the DMA engine's HBM port
             "cfg": Out(config_bus_signature()),
             "hbm_stats": In(hbm_stats_signature(p)),
-            "agcu_start": Out(n),
-            "agcu_iteration": Out(16),
-            "agcu_busy": In(n),
-            "agcu_status": In(4).array(n),
+            "unit_start": Out(n),
+            "unit_iteration": Out(16),
+            "unit_busy": In(n),
+            "unit_done": In(n),
+            "unit_status": In(4).array(n),
+            "run_done": Out(1),
+            # Config controller (hdl/config.py) control and data.
+            "cc_start": Out(1),
+            "cc_length": Out(32),
+            "cc_busy": In(1),
+            "cc_done": In(1),
+            "cc_status": In(4),
+            "cc_writes": In(16),
+            "cc_data": Out(stream.Signature(p.beat_bits)),
+            "cc_cfg": In(config_bus_signature()),
             # Extension window: reads at EXT_BASE and above are answered by ext_r_data.
             "ext_addr": Out(p.csr_addr_bits),
             "ext_r_en": Out(1),
@@ -139,7 +171,15 @@ class HostInterface(wiring.Component):
         p = self.params
         m = Module()
         m.submodules.dma = dma = DmaEngine(p)
-        wiring.connect(m, wiring.flipped(self.h2c), dma.h2c)
+        # h2c goes to the DMA engine, or to the config controller when CONFIG_CTRL bit 1 is set.
+        h2c_to_config = Signal()
+        with m.If(h2c_to_config):
+            m.d.comb += [self.cc_data.valid.eq(self.h2c.valid),
+                         self.cc_data.payload.eq(self.h2c.payload),
+                         self.h2c.ready.eq(self.cc_data.ready)]
+        with m.Else():
+            m.d.comb += [dma.h2c.valid.eq(self.h2c.valid), dma.h2c.payload.eq(self.h2c.payload),
+                         self.h2c.ready.eq(dma.h2c.ready)]
         wiring.connect(m, dma.c2h, wiring.flipped(self.c2h))
         wiring.connect(m, dma.mem, wiring.flipped(self.mem))
 
@@ -150,7 +190,7 @@ class HostInterface(wiring.Component):
             "cycles": C(1, 1),
             "hbm_busy_cycles": (stats.rd_beat | stats.wr_beat).any(),
             "dma_busy_cycles": dma.busy,
-            "agcu_busy_cycles": self.agcu_busy.any(),
+            "run_busy_cycles": self.unit_busy.any(),
         }
         for c in range(p.hbm_channels):
             events[f"ch{c}_rd_beats"] = stats.rd_beat[c]
@@ -164,34 +204,64 @@ class HostInterface(wiring.Component):
         dma_beats = Signal(p.hbm_addr_bits + 1)
         cfg_unit = Signal(8)
         cfg_addr = Signal(8)
-        agcu_iter = Signal(16)
+        run_iter = Signal(16)
+        n_mask_words = (self.n_units + 31) // 32
+        run_mask = Signal(32 * n_mask_words)
+        finished = Signal(self.n_units)
+        unit_sel = Signal(8)
+        cc_length = Signal(32)
+        cc_status = Signal(4)
         error = Signal(16)
         hi_latch = Signal(16)
+        mask = run_mask[:self.n_units]
 
         m.d.comb += [
             dma.addr.eq(dma_addr), dma.beats.eq(dma_beats),
-            self.agcu_iteration.eq(agcu_iter),
+            self.unit_iteration.eq(run_iter),
             self.ext_addr.eq(self.csr.addr),
+            self.cc_length.eq(cc_length),
+            self.run_done.eq((mask != 0) & ((finished & mask) == mask)),
         ]
+        with m.If(self.cc_done):
+            m.d.sync += cc_status.eq(self.cc_status)
+
+        # Which masked units have pulsed done since the last RUN_START.
+        run_start = Signal()
+        with m.If(run_start):
+            m.d.sync += finished.eq(0)
+        with m.Else():
+            m.d.sync += finished.eq(finished | self.unit_done)
 
         # Error latch: the first error wins until cleared.
-        agcu_err = Signal(16)
-        for i in reversed(range(p.n_agcus)):
-            with m.If(self.agcu_status[i] != 0):
-                m.d.comb += agcu_err.eq(error_code_agcu(i, 0) | self.agcu_status[i])
+        unit_err = Signal(16)
+        for i in reversed(range(self.n_units)):
+            with m.If(self.unit_status[i] != 0):
+                m.d.comb += unit_err.eq(error_code_unit(i, 0) | self.unit_status[i])
         clear_error = Signal()
         with m.If(clear_error):
             m.d.sync += error.eq(0)
         with m.Elif(error == 0):
             with m.If(dma.done & (dma.error != 0)):
                 m.d.sync += error.eq(ErrorCode.DMA | dma.error)
-            with m.Elif(agcu_err != 0):
-                m.d.sync += error.eq(agcu_err)
+            with m.Elif(self.cc_done & (self.cc_status != 0)):
+                m.d.sync += error.eq(ErrorCode.CONFIG | self.cc_status)
+            with m.Elif(unit_err != 0):
+                m.d.sync += error.eq(unit_err)
 
         # ---- writes ---------------------------------------------------------------------------
         csr = self.csr
-        m.d.sync += [self.cfg.we.eq(0)]
-        m.d.comb += [self.agcu_start.eq(0), self.counters_clear.eq(0), ctr.clear.eq(0)]
+        # Config bus: the config controller's writes win over the debug path.
+        dbg_we = Signal()
+        dbg_data = Signal(32)
+        m.d.sync += dbg_we.eq(0)
+        with m.If(self.cc_cfg.we):
+            m.d.comb += [self.cfg.we.eq(1), self.cfg.unit.eq(self.cc_cfg.unit),
+                         self.cfg.addr.eq(self.cc_cfg.addr), self.cfg.data.eq(self.cc_cfg.data)]
+        with m.Else():
+            m.d.comb += [self.cfg.we.eq(dbg_we), self.cfg.unit.eq(cfg_unit),
+                         self.cfg.addr.eq(cfg_addr), self.cfg.data.eq(dbg_data)]
+        m.d.comb += [self.unit_start.eq(Mux(run_start, mask, 0)), self.counters_clear.eq(0),
+                     ctr.clear.eq(0)]
         with m.If(csr.w_en):
             with m.Switch(csr.addr):
                 with m.Case(Csr.ERROR):
@@ -209,17 +279,27 @@ class HostInterface(wiring.Component):
                 with m.Case(Csr.CFG_ADDR):
                     m.d.sync += cfg_addr.eq(csr.w_data)
                 with m.Case(Csr.CFG_DATA):
-                    m.d.sync += [self.cfg.we.eq(1), self.cfg.unit.eq(cfg_unit),
-                                 self.cfg.addr.eq(cfg_addr), self.cfg.data.eq(csr.w_data)]
-                with m.Case(Csr.AGCU_ITER):
-                    m.d.sync += agcu_iter.eq(csr.w_data)
-                with m.Case(Csr.AGCU_START):
-                    m.d.comb += self.agcu_start.eq(csr.w_data)
+                    m.d.sync += [dbg_we.eq(1), dbg_data.eq(csr.w_data)]
+                with m.Case(Csr.CONFIG_LENGTH):
+                    m.d.sync += cc_length.eq(csr.w_data)
+                with m.Case(Csr.CONFIG_CTRL):
+                    m.d.comb += self.cc_start.eq(csr.w_data[0])
+                    m.d.sync += h2c_to_config.eq(csr.w_data[1])
+                with m.Case(Csr.RUN_ITER):
+                    m.d.sync += run_iter.eq(csr.w_data)
+                with m.Case(Csr.RUN_START):
+                    m.d.comb += run_start.eq(1)
+                with m.Case(Csr.UNIT_SEL):
+                    m.d.sync += unit_sel.eq(csr.w_data)
+                for k in range(n_mask_words):
+                    with m.Case(Csr.RUN_MASK0 + k):
+                        m.d.sync += run_mask[32 * k:32 * k + 32].eq(csr.w_data)
 
         # ---- reads (registered) ---------------------------------------------------------------
         digest = int.from_bytes(p.digest()[:4], "big")
-        status_word = Cat(dma.busy, self.agcu_busy.any(), error != 0)
-        agcu_status_word = Cat(s for s in self.agcu_status)
+        status_word = Cat(dma.busy, self.unit_busy.any(), error != 0, self.cc_busy)
+        unit_status_a = Array(self.unit_status)
+        busy_words = Cat(self.unit_busy, C(0, 32 * n_mask_words - self.n_units))
         ext = Signal()
         r_reg = Signal(32)
         m.d.comb += self.ext_r_en.eq(csr.r_en & (csr.addr >= EXT_BASE))
@@ -244,12 +324,30 @@ class HostInterface(wiring.Component):
                     m.d.sync += r_reg.eq(cfg_unit)
                 with m.Case(Csr.CFG_ADDR):
                     m.d.sync += r_reg.eq(cfg_addr)
-                with m.Case(Csr.AGCU_ITER):
-                    m.d.sync += r_reg.eq(agcu_iter)
-                with m.Case(Csr.AGCU_BUSY):
-                    m.d.sync += r_reg.eq(self.agcu_busy)
-                with m.Case(Csr.AGCU_STATUS):
-                    m.d.sync += r_reg.eq(agcu_status_word)
+                with m.Case(Csr.CONFIG_LENGTH):
+                    m.d.sync += r_reg.eq(cc_length)
+                with m.Case(Csr.CONFIG_CTRL):
+                    m.d.sync += r_reg.eq(Cat(C(0, 1), h2c_to_config))
+                with m.Case(Csr.CONFIG_STATUS):
+                    m.d.sync += r_reg.eq(Cat(self.cc_busy, C(0, 3), cc_status, C(0, 8),
+                                             self.cc_writes))
+                with m.Case(Csr.RUN_ITER):
+                    m.d.sync += r_reg.eq(run_iter)
+                with m.Case(Csr.RUN_STATUS):
+                    m.d.sync += r_reg.eq(Cat((self.unit_busy & mask).any(), self.run_done))
+                with m.Case(Csr.UNIT_SEL):
+                    m.d.sync += r_reg.eq(unit_sel)
+                with m.Case(Csr.UNIT_STATUS):
+                    with m.If(unit_sel < self.n_units):
+                        m.d.sync += r_reg.eq(Cat(unit_status_a[unit_sel],
+                                                 self.unit_busy.bit_select(unit_sel, 1)))
+                    with m.Else():
+                        m.d.sync += r_reg.eq(0)
+                for k in range(n_mask_words):
+                    with m.Case(Csr.RUN_MASK0 + k):
+                        m.d.sync += r_reg.eq(run_mask[32 * k:32 * k + 32])
+                    with m.Case(Csr.RUN_BUSY0 + k):
+                        m.d.sync += r_reg.eq(busy_words[32 * k:32 * k + 32])
                 for k in range(len(names)):
                     with m.Case(Csr.COUNTER_BASE + 2 * k):
                         m.d.sync += [r_reg.eq(ctr.counts[k][:32]),

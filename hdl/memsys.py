@@ -52,7 +52,7 @@ __all__ = ["MemorySystem"]
 
 class MemorySystem(wiring.Component):
     def __init__(self, params: RduParams, *, agcu_unit_base: int = 0):
-        self.p = params
+        self.p = self.params = params     # ``params``: tb.runner keys its build cache on it
         self.agcu_unit_base = agcu_unit_base
         self.n_agcus = params.n_agcus
         super().__init__({

@@ -71,6 +71,45 @@ async def bringup(dut):
         assert "OUT_OF_RANGE" in str(e), str(e)
     await drv.csr_write(Csr.ERROR, 0)
 
+    # ---- configuration through a bitstream, then a run -----------------------------------------
+    # AGCU 0 is the unit under test; its fabric-side streams are unconnected here, so the programs
+    # are ones that finish without moving data: an empty program, and one whose first address lies
+    # outside its region (refused before any request).
+    from hdl.agcu import AgcuReg, AgcuStatus, agcu_count_reg
+    from hdl.unitmap import unit_id
+    from sw.bitstream import Bitstream, ConfigStatus
+    from sw.runtime.driver import BitstreamRejected
+    agcu0 = unit_id(p, "agcu", 0)
+
+    def agcu_bitstream(base, count):
+        return Bitstream.for_params(p, writes=[
+            (agcu0, AgcuReg.REGION_BASE, 0), (agcu0, AgcuReg.REGION_BEATS, 16),
+            (agcu0, AgcuReg.BASE, base), (agcu0, agcu_count_reg(0), count)]).to_bytes()
+
+    out_of_region = agcu_bitstream(base=1000, count=1)
+    n = await drv.load_bitstream(out_of_region)
+    assert n == 4, f"config controller reported {n} writes, bitstream has 4"
+    try:
+        await drv.run_units([agcu0], cycles=2000, what="AGCU 0 out-of-region program")
+        raise AssertionError("an out-of-region AGCU program was not reported")
+    except ChipError as e:
+        assert "agcu" in str(e) and AgcuStatus.OUT_OF_REGION.name in str(e), str(e)
+    await drv.csr_write(Csr.ERROR, 0)
+
+    await drv.load_bitstream(agcu_bitstream(base=0, count=0))    # an empty program: runs clean
+    await drv.run_units([agcu0], cycles=2000, what="AGCU 0 empty program")
+
+    # A corrupted copy of the out-of-region bitstream is refused and configures nothing: the
+    # empty program stays, so the next run is still clean.
+    bad = bytearray(out_of_region)
+    bad[rng.randrange(64, len(bad) - 4)] ^= 1 << rng.randrange(8)
+    try:
+        await drv.load_bitstream(bytes(bad))
+        raise AssertionError("a corrupted bitstream was accepted")
+    except BitstreamRejected as e:
+        assert e.status != ConfigStatus.OK, str(e)
+    await drv.run_units([agcu0], cycles=2000, what="AGCU 0 after a refused bitstream")
+
     cycles = (await drv.read_counters())["cycles"]
     wall = time.monotonic() - t0
     if "result" in args:

@@ -5,8 +5,8 @@ Arguments (env ``MINIRDU_ARGS``, JSON): ``params``, ``patterns`` (see :mod:`sw.b
 ``preload_beats``, ``seed``, ``result`` (path of the JSON to write).
 
 Per pattern: program the AGCUs over the config bus (CSR ``CFG_*``), clear counters, start all of
-them with one ``AGCU_START`` write, sleep until ``all_done`` (watchdog names the busy AGCUs),
-then read the counters and latency monitors. Data is checked too: what each sink received is
+them with one ``RUN_START`` (driver ``run_units``), sleep until ``run_done`` (the watchdog names
+the busy AGCUs), then read the counters and latency monitors. Data is checked too: what each sink received is
 compared (XOR and position-weighted sum) with a numpy model of HBM, and written regions are read
 back by DMA and compared with what the sources sent.
 """
@@ -24,6 +24,7 @@ from hdl.agcu import AgcuReg, agcu_count_reg, agcu_stride_reg
 from hdl.chip import LATENCY_BIN_CYCLES, LATENCY_BINS, ext_latency_base
 from hdl.host import Csr
 from hdl.params import RduParams
+from hdl.unitmap import unit_id
 from sw.runtime.driver import ChipDriver
 from tb.traffic import source_beat
 
@@ -37,7 +38,8 @@ def program_addresses(prog, iteration=0):
     return addr
 
 
-async def configure_agcu(drv, unit, prog, p):
+async def configure_agcu(drv, index, prog, p):
+    unit = unit_id(p, "agcu", index)
     await drv.csr_write(Csr.CFG_UNIT, unit)
     writes = [(AgcuReg.MODE, 1 if prog["mode"] == "write" else 0),
               (AgcuReg.REGION_BASE, prog.get("region_base", 0)),
@@ -103,27 +105,13 @@ async def hbm_bench(dut):
         for i, prog in enumerate(progs):
             await configure_agcu(drv, i, prog, p)
         await drv.clear_counters()
-        mask = sum(1 << i for i in range(len(progs)))
         expect_beats = sum(int(np.prod(g["counts"])) for g in progs)
         limit = 50 * expect_beats + 20 * p.hbm_read_latency + 10_000
-
-        async def stuck():
-            busy = await drv.csr_read(Csr.AGCU_BUSY)
-            st = await drv.csr_read(Csr.AGCU_STATUS)
-            return "; ".join(f"AGCU {i} busy={busy >> i & 1} status={st >> 4 * i & 0xF} "
-                             f"sink_beats={int(getattr(dut, f'sink{i}_beats').value)} "
-                             f"source_beats={int(getattr(dut, f'source{i}_beats').value)}"
-                             for i in range(len(progs)))
-
         t0 = time.monotonic()
-        await drv.csr_write(Csr.AGCU_START, mask)
-        await drv.wait_until(dut.all_done, cycles=limit, what=f"pattern {pat['name']}",
-                             describe=stuck)
+        await drv.run_units([unit_id(p, "agcu", i) for i in range(len(progs))], cycles=limit,
+                            what=f"pattern {pat['name']}")
         wall = time.monotonic() - t0
         ctr = await drv.read_counters()
-        st = await drv.csr_read(Csr.AGCU_STATUS)
-        assert st == 0, f"{pat['name']}: AGCU status word 0x{st:x}"
-        await drv.check_error()
 
         # ---- data checks ------------------------------------------------------------------
         for i, prog in enumerate(progs):
@@ -155,7 +143,7 @@ async def hbm_bench(dut):
 
         rd = sum(ctr[f"ch{c}_rd_beats"] for c in range(p.hbm_channels))
         wr = sum(ctr[f"ch{c}_wr_beats"] for c in range(p.hbm_channels))
-        busy = ctr["agcu_busy_cycles"]
+        busy = ctr["run_busy_cycles"]
         moved = (rd + wr) * p.beat_bytes
         sustained = moved / busy if busy else 0.0
         lat = await read_latency(drv, [1 + i for i in range(len(progs))])

@@ -7,8 +7,8 @@ latency monitors — is the chip's own and is driven through the host ports by t
 
 Extra toplevel ports (set once / read once by the testbench, never per cycle):
 ``stall`` / ``gap`` (16 bit, all sinks/sources), ``sink{i}_beats``, ``sink{i}_xor``,
-``sink{i}_sum``, ``source{i}_beats``, and ``all_done``: high once every AGCU started by the last
-``AGCU_START`` write has pulsed ``done`` (cleared by the next start).
+``sink{i}_sum``, ``source{i}_beats``, and ``run_done`` (the chip's own: every unit started by the
+last ``RUN_START`` has finished). Sinks and sources clear their counts when a run starts.
 """
 
 from amaranth import *
@@ -33,7 +33,7 @@ class HbmBenchTop(wiring.Component):
             "c2h": Out(stream.Signature(p.beat_bits)),
             "stall": In(16),
             "gap": In(16),
-            "all_done": Out(1),
+            "run_done": Out(1),
         }
         for i in range(p.n_agcus):
             members[f"sink{i}_beats"] = Out(32)
@@ -50,9 +50,8 @@ class HbmBenchTop(wiring.Component):
         wiring.connect(m, wiring.flipped(self.h2c), chip.h2c)
         wiring.connect(m, chip.c2h, wiring.flipped(self.c2h))
 
-        start = chip.host.agcu_start
-        started = Signal(p.n_agcus)
-        finished = Signal(p.n_agcus)
+        start = chip.host.unit_start
+        m.d.comb += self.run_done.eq(chip.run_done)
         for i in range(p.n_agcus):
             ag = chip.memsys.agcu[i]
             sink = TrafficSink(p.beat_bits, seed=0x1234 + 77 * i)
@@ -69,11 +68,4 @@ class HbmBenchTop(wiring.Component):
                 getattr(self, f"sink{i}_sum").eq(sink.sum_lo),
                 getattr(self, f"source{i}_beats").eq(src.beats),
             ]
-            with m.If(start.any()):
-                m.d.sync += finished[i].eq(0)
-            with m.Elif(ag.done):
-                m.d.sync += finished[i].eq(1)
-        with m.If(start.any()):
-            m.d.sync += started.eq(start)
-        m.d.comb += self.all_done.eq((started != 0) & ((finished & started) == started))
         return m

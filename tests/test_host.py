@@ -80,7 +80,7 @@ async def csr_read(ctx, dut, addr):
 
 
 def simulate(bench, seed=0):
-    dut = HostInterface(P)
+    dut = HostInterface(P, 8)
     target = PortTarget(dut.mem, seed=seed)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -188,4 +188,67 @@ def test_config_debug_write():
         assert (ctx.get(dut.cfg.unit), ctx.get(dut.cfg.addr), ctx.get(dut.cfg.data)) == (3, 7, 0xDEADBEEF)
         await ctx.tick()
         assert ctx.get(dut.cfg.we) == 0
+    simulate(bench)
+
+
+def test_run_control_and_unit_errors():
+    """RUN_START starts exactly the masked units; run_done waits for all of them; a unit's
+    status latches ERROR with its id."""
+    async def bench(ctx, dut, target):
+        await csr_write(ctx, dut, Csr.RUN_MASK0, 0b1010)
+        await csr_write(ctx, dut, Csr.RUN_ITER, 7)
+        ctx.set(dut.csr.addr, Csr.RUN_START)
+        ctx.set(dut.csr.w_en, 1)
+        assert ctx.get(dut.unit_start) == 0b1010 and ctx.get(dut.unit_iteration) == 7
+        await ctx.tick()
+        ctx.set(dut.csr.w_en, 0)
+        assert ctx.get(dut.unit_start) == 0
+        ctx.set(dut.unit_busy, 0b1010)
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0b0010)          # unit 1 finishes ...
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0)
+        ctx.set(dut.unit_busy, 0b1000)
+        await ctx.tick()
+        assert ctx.get(dut.run_done) == 0       # ... unit 3 has not
+        assert (await csr_read(ctx, dut, Csr.RUN_STATUS)) == 0b01
+        ctx.set(dut.unit_status[3], 2)
+        ctx.set(dut.unit_done, 0b1000)
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0)
+        ctx.set(dut.unit_busy, 0)
+        await ctx.tick()
+        assert ctx.get(dut.run_done) == 1
+        assert (await csr_read(ctx, dut, Csr.RUN_STATUS)) == 0b10
+        assert await csr_read(ctx, dut, Csr.ERROR) == 0x20 | (3 << 8) | 2
+        await csr_write(ctx, dut, Csr.UNIT_SEL, 3)
+        assert await csr_read(ctx, dut, Csr.UNIT_STATUS) == 2
+    simulate(bench)
+
+
+def test_h2c_routes_to_config_controller():
+    async def bench(ctx, dut, target):
+        await csr_write(ctx, dut, Csr.CONFIG_LENGTH, 128)
+        await csr_write(ctx, dut, Csr.CONFIG_CTRL, 0b11)
+        assert ctx.get(dut.cc_start) == 0      # the pulse was in the write cycle
+        ctx.set(dut.cc_data.ready, 1)
+        ctx.set(dut.h2c.valid, 1)
+        ctx.set(dut.h2c.payload, 0x1234)
+        assert ctx.get(dut.cc_data.valid) == 1 and ctx.get(dut.cc_data.payload) == 0x1234
+        assert ctx.get(dut.h2c.ready) == 1
+        await ctx.tick()
+        ctx.set(dut.h2c.valid, 0)
+        assert (await csr_read(ctx, dut, Csr.CONFIG_CTRL)) == 0b10
+        await csr_write(ctx, dut, Csr.CONFIG_CTRL, 0)
+        ctx.set(dut.h2c.valid, 1)
+        assert ctx.get(dut.cc_data.valid) == 0
+        ctx.set(dut.h2c.valid, 0)
+        # A refused bitstream latches the CONFIG error.
+        ctx.set(dut.cc_status, 5)
+        ctx.set(dut.cc_done, 1)
+        await ctx.tick()
+        ctx.set(dut.cc_done, 0)
+        await ctx.tick()
+        assert await csr_read(ctx, dut, Csr.ERROR) == 0x35
+        assert (await csr_read(ctx, dut, Csr.CONFIG_STATUS) >> 4) & 0xF == 5
     simulate(bench)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from hdl.host import CHIP_ID, Csr, EXT_BASE, counter_names
 from hdl.params import RduParams
 
-__all__ = ["ChipDriver", "ChipError", "HangError"]
+__all__ = ["ChipDriver", "ChipError", "HangError", "BitstreamRejected"]
 
 
 class ChipError(RuntimeError):
@@ -35,13 +35,33 @@ class HangError(RuntimeError):
     """A wait exceeded its cycle budget; the message names the unit that is stuck."""
 
 
+class BitstreamRejected(ChipError):
+    """The config controller refused a bitstream; ``status`` is its ConfigStatus."""
+
+    def __init__(self, status, message: str):
+        super().__init__(0x30 | int(status), message)
+        self.status = status
+
+
 def describe_error(code: int, p: RduParams) -> str:
     from hdl.dma import DmaError
+    from hdl.host import ErrorCode
     cls = code & 0xF0
-    if cls == 0x10:
+    if cls == ErrorCode.DMA:
         return f"DMA refused the transfer: {DmaError(code & 0xF).name}"
-    if cls == 0x20:
-        return f"AGCU {code >> 8} reported status {code & 0xF}"
+    if cls == ErrorCode.UNIT:
+        from hdl.unitmap import unit_by_id
+        uid, st = code >> 8, code & 0xF
+        u = unit_by_id(p, uid)
+        name = u.name if u is not None else f"unit {uid}"
+        meaning = ""
+        if u is not None and u.kind == "agcu":
+            from hdl.agcu import AgcuStatus
+            meaning = f" ({AgcuStatus(st).name})" if st in AgcuStatus._value2member_map_ else ""
+        return f"{name} reported status {st}{meaning}"
+    if cls == ErrorCode.CONFIG:
+        from sw.bitstream import ConfigStatus
+        return f"config controller refused the bitstream: {ConfigStatus(code & 0xF).name}"
     return f"chip error code 0x{code:04x}"
 
 
@@ -138,25 +158,11 @@ class ChipDriver:
         """Write ``data`` to HBM at byte address ``addr`` (beat-aligned; padded with zeros)."""
         self._check_range(addr, len(data))
         beats = self._beats_of(bytes(data))
-        dut = self.dut
         await self.csr_write(Csr.DMA_ADDR, addr // self.p.beat_bytes)
         await self.csr_write(Csr.DMA_BEATS, len(beats))
         await self.csr_write(Csr.DMA_CTRL, 0b11)
         limit = watchdog_cycles or 64 * len(beats) + 10_000
-        i = cycles = 0
-        dut.h2c__valid.value = 1
-        while i < len(beats):
-            dut.h2c__payload.value = beats[i]
-            await self.t.ReadOnly()
-            accepted = bool(dut.h2c__ready.value)
-            await self.t.RisingEdge(dut.clk)
-            i += accepted
-            cycles += 1
-            if cycles > limit:
-                dut.h2c__valid.value = 0
-                raise HangError(f"DMA host->HBM stuck after {i}/{len(beats)} beats "
-                                f"({cycles} cycles): HBM not accepting write data")
-        dut.h2c__valid.value = 0
+        await self._push_h2c(beats, limit, "DMA host->HBM (HBM not accepting write data)")
         await self._wait_dma_idle(limit)
 
     async def dma_read(self, addr: int, nbytes: int, watchdog_cycles: int | None = None) -> bytes:
@@ -193,6 +199,76 @@ class ChipDriver:
                 break
         else:
             raise HangError("DMA engine stays busy after its data moved")
+        await self.check_error()
+
+    # ---- configuration and runs -------------------------------------------------------------
+    async def _push_h2c(self, beats: list[int], limit: int, what: str):
+        dut = self.dut
+        i = cycles = 0
+        dut.h2c__valid.value = 1
+        while i < len(beats):
+            dut.h2c__payload.value = beats[i]
+            await self.t.ReadOnly()
+            accepted = bool(dut.h2c__ready.value)
+            await self.t.RisingEdge(dut.clk)
+            i += accepted
+            cycles += 1
+            if cycles > limit:
+                dut.h2c__valid.value = 0
+                raise HangError(f"{what} stuck after {i}/{len(beats)} beats ({cycles} cycles)")
+        dut.h2c__valid.value = 0
+
+    async def load_bitstream(self, data: bytes, watchdog_cycles: int | None = None) -> int:
+        """Send a bitstream to the config controller; return the number of register writes.
+
+        Raises :class:`BitstreamRejected` with the controller's status when it refuses it (the
+        chip is then left exactly as it was).
+        """
+        from sw.bitstream import ConfigStatus
+        beats = self._beats_of(bytes(data))
+        limit = watchdog_cycles or 8 * len(beats) + 20_000
+        await self.csr_write(Csr.CONFIG_LENGTH, len(data))
+        await self.csr_write(Csr.CONFIG_CTRL, 0b10)          # route h2c to the controller
+        await self.csr_write(Csr.CONFIG_CTRL, 0b11)          # ... and start it
+        try:
+            await self._push_h2c(beats, limit, "bitstream transfer to the config controller")
+            for _ in range(limit):
+                st = await self.csr_read(Csr.CONFIG_STATUS)
+                if not st & 1:
+                    break
+            else:
+                raise HangError("watchdog: config controller still busy after the bitstream")
+        finally:
+            await self.csr_write(Csr.CONFIG_CTRL, 0b00)
+        status = ConfigStatus((st >> 4) & 0xF)
+        if status != ConfigStatus.OK:
+            await self.csr_write(Csr.ERROR, 0)               # reported here, as an exception
+            raise BitstreamRejected(status, f"config controller refused the bitstream: "
+                                            f"{status.name}")
+        return st >> 16
+
+    async def run_units(self, unit_ids, *, iteration: int = 0, cycles: int, what: str = "kernel"):
+        """Start the given units together (RUN_START) and sleep until all have finished."""
+        ids = sorted(set(int(u) for u in unit_ids))
+        words = {}
+        for u in ids:
+            words[u // 32] = words.get(u // 32, 0) | (1 << (u % 32))
+        for k in range(8):
+            await self.csr_write(Csr.RUN_MASK0 + k, words.get(k, 0))
+        await self.csr_write(Csr.RUN_ITER, iteration)
+        await self.csr_write(Csr.RUN_START, 1)
+
+        async def stuck():
+            from hdl.unitmap import unit_by_id
+            out = []
+            for u in ids:
+                await self.csr_write(Csr.UNIT_SEL, u)
+                st = await self.csr_read(Csr.UNIT_STATUS)
+                if st & 0x10:
+                    uinfo = unit_by_id(self.p, u)
+                    out.append(f"{uinfo.name if uinfo else u} busy (status {st & 0xF})")
+            return "; ".join(out) or "no unit busy, but not all reported done"
+        await self.wait_until(self.dut.run_done, cycles=cycles, what=what, describe=stuck)
         await self.check_error()
 
     # ---- waiting ----------------------------------------------------------------------------
