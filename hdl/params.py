@@ -40,6 +40,9 @@ class RduParams:
     pmu_counters: int = 3            # nested counters per PMU address generator
     pmu_max_buffers: int = 4         # N-buffering: at most this many buffers per PMU
     n_agcus: int = 4                 # on the west and east edges
+    switch_tracks: int = 2           # links per direction per network between switches (1..4):
+                                     # 2 lets a tile take 3 vector streams (int16 GEMV) while
+                                     # through-traffic crosses it (hdl/switch.py)
     clock_mhz: int = 800             # only used to turn cycles into seconds in reports
 
     # ---- HBM (one memory tier; later tiers such as DDR reuse the same model) --------------
