@@ -138,12 +138,17 @@ def run(b: Build, test_module: str, *, testcase=None, env: dict | None = None, w
     extra_env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                  "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING" if quiet else "INFO")}
     extra_env.update(env or {})
-    results = runner.test(test_module=test_module, hdl_toplevel=b.toplevel, testcase=testcase,
-                          hdl_toplevel_lang="verilog",
-                          build_dir=b.build_dir, test_dir=test_dir, extra_env=extra_env,
-                          waves=waves, seed=seed,
-                          results_xml=str(test_dir / f"results-{os.getpid()}-{time.monotonic_ns()}.xml"))
-    return Path(results)
+    results = test_dir / f"results-{os.getpid()}-{time.monotonic_ns()}.xml"
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=b.toplevel, testcase=testcase,
+                    hdl_toplevel_lang="verilog", build_dir=b.build_dir, test_dir=test_dir,
+                    extra_env=extra_env, waves=waves, seed=seed, results_xml=str(results))
+    except SystemExit:
+        # cocotb's runner exits when a test failed; check_results() names the failures.
+        if not results.exists():
+            raise AssertionError(f"the simulation of {b.name} ended without results "
+                                 f"(crashed?); see the log above") from None
+    return results
 
 
 def check_results(results_xml: Path) -> None:

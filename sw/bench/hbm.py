@@ -88,12 +88,12 @@ def run_bench(out: Path, params: RduParams = DEFAULT_PARAMS, scale: float = 1.0,
 
 
 def format_table(result: dict) -> str:
-    head = (f"{'pattern':<17} {'MB':>6} {'cycles':>8} {'B/cycle':>8} {'peak':>5} {'util':>6} "
+    head = (f"{'pattern':<22} {'MB':>6} {'cycles':>8} {'B/cycle':>8} {'peak':>5} {'util':>6} "
             f"{'lat mean':>8} {'lat p99':>7} {'row miss':>8} {'sim cyc/s':>9}")
     lines = [head]
     for r in result["patterns"].values():
         lines.append(
-            f"{r['name']:<17} {r['bytes_moved'] / 1e6:>6.2f} {r['cycles']:>8d} "
+            f"{r['name']:<22} {r['bytes_moved'] / 1e6:>6.2f} {r['cycles']:>8d} "
             f"{r['sustained_bytes_per_cycle']:>8.1f} {r['peak_bytes_per_cycle']:>5d} "
             f"{r['utilization']:>6.1%} {r['latency_mean_cycles'] or 0:>8.1f} "
             f"{str(r['latency_p99_cycles']):>7} {r['row_misses']:>8d} "
