@@ -48,7 +48,7 @@ COUNTER_BASE + 2k     R    counter k, bits 31:0 (see :data:`COUNTERS`)
 COUNTER_BASE + 2k+1   R    counter k, bits 47:32 (as latched by the LO read)
 ====================  ===  ============================================================
 
-Errors: a unit status that becomes non-zero, a refused DMA or a refused bitstream latches
+Errors: a unit that finishes (``done``) with a non-zero status, a refused DMA or a refused bitstream latches
 ``ERROR`` (first error wins, :func:`error_code_unit` / :class:`ErrorCode`) and sets STATUS bit 2;
 the runtime turns it into an exception. STATUS bit 3: config controller busy.
 
@@ -233,9 +233,11 @@ class HostInterface(wiring.Component):
             m.d.sync += finished.eq(finished | self.unit_done)
 
         # Error latch: the first error wins until cleared.
+        # A unit's status is final at its done pulse and held until its next start, so the latch
+        # samples it at done: clearing ERROR does not re-arm from a stale status.
         unit_err = Signal(16)
         for i in reversed(range(self.n_units)):
-            with m.If(self.unit_status[i] != 0):
+            with m.If(self.unit_done[i] & (self.unit_status[i] != 0)):
                 m.d.comb += unit_err.eq(error_code_unit(i, 0) | self.unit_status[i])
         clear_error = Signal()
         with m.If(clear_error):
