@@ -84,15 +84,15 @@ class GoldenDecoder:
     def embed(self, token_id: int) -> np.ndarray:
         return I.lut(self.qm.emb, np.int64(token_id)).astype(np.int16)
 
-    def rmsnorm(self, x: np.ndarray, m: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """x: (dim,) int16 -> (dim,) int8; m, s per channel (the gain, when not folded)."""
+    def rmsnorm(self, x: np.ndarray, m: np.ndarray, s: np.ndarray, bits: int = 8) -> np.ndarray:
+        """x: (dim,) int16 -> (dim,) int8 (or int16); m, s per channel (gain and smoothing)."""
         qm = self.qm
         xs = I.rshift_round(I.check_range(x, 16, "rmsnorm input"), qm.ss_shift)
         ss = I.check_range(np.sum(xs * xs), 32, "sum of squares")
         v = I.check_range(ss + qm.eps_int, 32, "mean square")
         idx, half_k = I.rsqrt_index(v, qm.rsqrt_bits)
         r = I.lut(qm.rsqrt, idx)
-        return I.requant(I.mul(x, r), m, I.as_int(s) + half_k, qm.act_bits["norm"])
+        return I.requant(I.mul(x, r), m, I.as_int(s) + half_k, bits)
 
     @staticmethod
     def gemv(w, x, m, s, bits: int) -> np.ndarray:
@@ -159,7 +159,7 @@ class GoldenDecoder:
         self._t("x", -1, x)
         for l in range(c.n_layers):
             # attention block
-            h = self.rmsnorm(x, qm.norm1_m[l], qm.norm1_s[l])
+            h = self.rmsnorm(x, qm.norm1_m[l], qm.norm1_s[l], qm.act_bits["norm_attn"])
             self._t("h_attn", l, h)
             q = self.gemv(qm.wq[l], h, qm.wq_m[l], qm.wq_s[l], 16).reshape(nh, hd)
             k = self.gemv(qm.wk[l], h, qm.wk_m[l], qm.wk_s[l], 16).reshape(nkv, hd)
@@ -184,7 +184,7 @@ class GoldenDecoder:
             x = self.residual(x, a)
             self._t("x", l, x)
             # MLP block
-            h = self.rmsnorm(x, qm.norm2_m[l], qm.norm2_s[l])
+            h = self.rmsnorm(x, qm.norm2_m[l], qm.norm2_s[l], qm.act_bits["norm_ffn"])
             self._t("h_ffn", l, h)
             g = self.gemv(qm.w_gate[l], h, qm.w_gate_m[l], qm.w_gate_s[l], 8)
             u = self.gemv(qm.w_up[l], h, qm.w_up_m[l], qm.w_up_s[l], 16)
@@ -195,7 +195,7 @@ class GoldenDecoder:
             d = self.gemv(qm.w_down[l], mid, qm.w_down_m[l], qm.w_down_s[l], 16)
             x = self.residual(x, d)
             self._t("x", l, x)
-        h = self.rmsnorm(x, qm.normf_m, qm.normf_s)
+        h = self.rmsnorm(x, qm.normf_m, qm.normf_s, qm.act_bits["norm_final"])
         self._t("h_final", -1, h)
         logits = self.gemv(qm.lm_head, h, qm.lm_head_m, qm.lm_head_s, 32)
         assert logits.dtype == np.int32
