@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from hdl.params import RduParams
 from hdl.switch import (NETS, SWITCH_N_REGS, Switch, SwitchReg, full_ports, sel_code,
-                        switch_reg)
+                        switch_reg, switch_tracks)
 from hdl.unitmap import regs_per_kind
 
 P = RduParams(lanes=4, pmu_banks=4, hbm_bytes_per_cycle=16)   # 128-bit beats: quicker
@@ -142,7 +142,7 @@ def test_register_map():
     with pytest.raises(ValueError):
         switch_reg("vec", "L4")
     with pytest.raises(ValueError):
-        Switch(P.replace(switch_tracks=5), 0)
+        switch_tracks(P.replace(switch_tracks=5))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
