@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from hdl.fabric import Fabric, FabricTopology, RouteError, unit_local_ports
 from hdl.params import RduParams
 from hdl.pcu import PcuConfig, Red
-from hdl.pmu import PmuConfig
+from hdl.pmu import PmuConfig, RdMode
 from hdl.switch import NETS, sel_code, switch_reg
 from hdl.unitmap import unit_map
 
@@ -133,35 +133,14 @@ def test_shortest_paths_and_errors():
 
 # ---- RTL ----------------------------------------------------------------------------------
 
-def test_fabric_pmu_pcu_paths():
-    p = SMALL
-    topo = FabricTopology(p)
+def run_fabric(p, topo, writes, starts, beats, n_expect, seed=4, timeout=800):
+    """Simulate a :class:`Fabric`: config ``writes`` over the bus, pulse ``starts`` (unit
+    names), feed ``beats[i]`` into ``agcu_rd[i]`` (random gaps), drain every ``agcu_wr``
+    (random stalls) until each sink ``j`` has ``n_expect[j]`` beats and the units are done.
+    Returns ``{sink: [beats]}``; fails naming what is stuck."""
     dut = Fabric(p, topo)
     units = {u.name: u for u in unit_map(p)}
-    L = p.lanes
-    rng = random.Random(4)
-    n_pmu, n_pcu, n_x = 12, 10, 15
-
-    used = set()
-    routes = []
-    for net, src, dsts in [("vec", "agcu0.rd", ["pmu0.win"]),
-                           ("vec", "pmu0.rout", ["agcu1.wr"]),
-                           ("vec", "agcu1.rd", ["pcu0.vin0"]),
-                           ("vec", "pcu0.vout", ["agcu3.wr"]),
-                           ("vec", "agcu3.rd", ["agcu0.wr", "agcu2.wr"])]:
-        r = topo.route_multicast(net, src, dsts, used)
-        used |= r.outputs
-        routes.append(r)
-    writes = [w for r in routes for w in r.writes]
-    pmu = units["pmu0"]
-    writes += [(pmu.id, a, v) for a, v in PmuConfig.resident_vector(n_pmu, repeat=1).writes(p)]
-    pcu = units["pcu0"]
-    pcfg = PcuConfig(p).counters(n_pcu)
-    pcfg.vin(0).emit(0).reduce(Red.OFF).output(vout=True)
-    writes += [(pcu.id, int(a), v) for a, v in pcfg.writes()]
-
-    beats = {i: [rng.getrandbits(p.beat_bits) for _ in range(n)]
-             for i, n in ((0, n_pmu), (1, n_pcu), (3, n_x))}
+    rng = random.Random(seed)
     got = {i: [] for i in range(p.n_agcus)}
     configured = []     # sources start after the config writes (as AGCUs start after config)
 
@@ -193,32 +172,32 @@ def test_fabric_pmu_pcu_paths():
         for uid, a, v in writes:
             ctx.set(dut.cfg.we, 1)
             ctx.set(dut.cfg.unit, uid)
-            ctx.set(dut.cfg.addr, a)
+            ctx.set(dut.cfg.addr, int(a))
             ctx.set(dut.cfg.data, v)
             await ctx.tick()
         ctx.set(dut.cfg.we, 0)
         configured.append(True)
-        for name in ("pmu0", "pcu0"):
+        for name in starts:
             ctx.set(dut.ctrl_of(units[name].id).start, 1)
         await ctx.tick()
-        for name in ("pmu0", "pcu0"):
+        for name in starts:
             ctx.set(dut.ctrl_of(units[name].id).start, 0)
         done = set()
-        for cyc in range(600):
-            for name in ("pmu0", "pcu0"):
+        for cyc in range(timeout):
+            for name in starts:
                 if ctx.get(dut.ctrl_of(units[name].id).done):
                     done.add(name)
-            if (len(done) == 2 and len(got[1]) == n_pmu and len(got[3]) == n_pcu
-                    and len(got[0]) == n_x and len(got[2]) == n_x):
+            if len(done) == len(starts) and all(len(got[j]) >= n for j, n in n_expect.items()):
                 break
             await ctx.tick()
         else:
-            raise AssertionError(f"stuck: done={done}, got={ {k: len(v) for k, v in got.items()} }, "
-                                 f"held={ctx.get(dut.held):04b}, busy={ctx.get(dut.busy)}")
-        await ctx.tick().repeat(5)
-        assert ctx.get(dut.held) == 0 and not ctx.get(dut.busy)
-        for name in ("pmu0", "pcu0"):
-            assert ctx.get(dut.ctrl_of(units[name].id).status) == 0
+            raise AssertionError(f"stuck: done={done}, got={ {k: len(v) for k, v in got.items()} }"
+                                 f", held={ctx.get(dut.held):b}, busy={ctx.get(dut.busy)}")
+        await ctx.tick().repeat(8)
+        assert ctx.get(dut.held) == 0, "data left in switches"
+        assert not ctx.get(dut.busy)
+        for name in starts:
+            assert ctx.get(dut.ctrl_of(units[name].id).status) == 0, name
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -228,6 +207,66 @@ def test_fabric_pmu_pcu_paths():
         sim.add_testbench(sink(i), background=True)
     sim.add_testbench(main)
     sim.run()
+    return got
+
+
+def routes_for(topo, specs):
+    used, routes = set(), []
+    for net, src, dsts in specs:
+        r = topo.route_multicast(net, src, dsts, used)
+        check_route(topo, r)
+        used |= r.outputs
+        routes.append(r)
+    return [w for r in routes for w in r.writes]
+
+
+def test_fabric_pmu_pcu_paths():
+    """AGCU -> PMU -> AGCU, AGCU -> PCU (pass-through) -> AGCU, AGCU -> 2 AGCUs (multicast)."""
+    p = SMALL
+    topo = FabricTopology(p)
+    units = {u.name: u for u in unit_map(p)}
+    rng = random.Random(4)
+    n_pmu, n_pcu, n_x = 12, 10, 15
+    writes = routes_for(topo, [("vec", "agcu0.rd", ["pmu0.win"]),
+                               ("vec", "pmu0.rout", ["agcu1.wr"]),
+                               ("vec", "agcu1.rd", ["pcu0.vin0"]),
+                               ("vec", "pcu0.vout", ["agcu3.wr"]),
+                               ("vec", "agcu3.rd", ["agcu0.wr", "agcu2.wr"])])
+    writes += [(units["pmu0"].id, a, v)
+               for a, v in PmuConfig.resident_vector(n_pmu, repeat=1).writes(p)]
+    pcfg = PcuConfig(p).counters(n_pcu)
+    pcfg.vin(0).emit(0).reduce(Red.OFF).output(vout=True)
+    writes += [(units["pcu0"].id, int(a), v) for a, v in pcfg.writes()]
+    beats = {i: [rng.getrandbits(p.beat_bits) for _ in range(n)]
+             for i, n in ((0, n_pmu), (1, n_pcu), (3, n_x))}
+    got = run_fabric(p, topo, writes, ("pmu0", "pcu0"), beats,
+                     {1: n_pmu, 3: n_pcu, 0: n_x, 2: n_x})
     assert got[1] == beats[0], "agcu0 -> pmu0 -> agcu1"
     assert got[3] == beats[1], "agcu1 -> pcu0 -> agcu3"
     assert got[0] == beats[3] and got[2] == beats[3], "agcu3 -> {agcu0, agcu2} multicast"
+
+
+def test_fabric_scalar_and_control_networks():
+    """pmu0 reads its beats out word by word on the scalar network into pmu1 (scalar writes)
+    and tells it "buffer full" with a token on the control network; pmu1 returns the beats."""
+    p = SMALL
+    topo = FabricTopology(p)
+    units = {u.name: u for u in unit_map(p)}
+    rng = random.Random(8)
+    n, L = 6, p.lanes
+    writes = routes_for(topo, [("vec", "agcu2.rd", ["pmu0.win"]),
+                               ("scl", "pmu0.sout", ["pmu1.swin"]),
+                               ("ctl", "pmu0.ctl_out0", ["pmu1.ctl_in0"]),
+                               ("vec", "pmu1.rout", ["agcu1.wr"])])
+    a = PmuConfig(sync=True, full_tokens=True, buf_size=n, wr_passes=1, wr_counts=(n,),
+                  wr_strides=(1,), rd_mode=RdMode.SCALAR, rd_passes=1, rd_counts=(n * L,),
+                  rd_strides=(1,))
+    b = PmuConfig(sync=True, full_ext=True, buf_size=n, wr_scalar=True, wr_passes=1,
+                  wr_counts=(n * L,), wr_strides=(1,), rd_passes=1, rd_counts=(n,),
+                  rd_strides=(1,))
+    writes += [(units["pmu0"].id, r, v) for r, v in a.writes(p)]
+    writes += [(units["pmu1"].id, r, v) for r, v in b.writes(p)]
+    beats = {2: [rng.getrandbits(p.beat_bits) for _ in range(n)]}
+    got = run_fabric(p, topo, writes, ("pmu0", "pmu1"), beats, {1: n})
+    assert got[1] == beats[2]
+    assert all(not got[j] for j in (0, 2, 3))
