@@ -363,6 +363,13 @@ class Fabric(wiring.Component):
     Submodules are built in ``__init__`` (``self.pcus``, ``self.pmus``, ``self.switches``
     keyed by position, ``self.tile_unit`` keyed by position) so enclosing testbenches can
     reach them.
+
+    In the chip: ``connect(m, memsys.agcu[i].rd, fabric.agcu_rd[i])``,
+    ``connect(m, fabric.agcu_wr[i], memsys.agcu[i].wr)`` for every AGCU, the config
+    controller's bus to ``cfg`` (next to the memory system's), and one unit-control
+    interface per PCU/PMU from the sequencer to ``units``. Write routes before the
+    producers start (a multicast route written while data flows may deliver the first
+    words to only some of its branches).
     """
 
     def __init__(self, params: RduParams, topology: FabricTopology | None = None):
