@@ -230,8 +230,9 @@ class Switch(wiring.Component):
             # Output buffers: main register (drives the link) + skid register.
             main_v = {o: Signal(name=f"{net}_{o}_main_valid") for o in outs}
             skid_v = {o: Signal(name=f"{net}_{o}_skid_valid") for o in outs}
-            main_d = {o: Signal(width, name=f"{net}_{o}_main") for o in outs}
-            skid_d = {o: Signal(width, name=f"{net}_{o}_skid") for o in outs}
+            # (control tokens have no payload: no data registers at all, no zero-width wires)
+            main_d = {o: Signal(width, name=f"{net}_{o}_main") for o in outs} if width else {}
+            skid_d = {o: Signal(width, name=f"{net}_{o}_skid") for o in outs} if width else {}
             # Input ready: selected by at least one output, and every selecting output has a
             # free skid register (synchronous fork).
             fire = {}
@@ -251,7 +252,7 @@ class Switch(wiring.Component):
             for o in outs:
                 link = self.out(net, o)
                 push = Signal(name=f"{net}_{o}_push")
-                data = Signal(width, name=f"{net}_{o}_in")
+                data = Signal(width, name=f"{net}_{o}_in") if width else None
                 with m.Switch(sel[o]):
                     for i in ins:
                         with m.Case(sel_code(i)):
@@ -264,12 +265,18 @@ class Switch(wiring.Component):
                 with m.If(skid_v[o]):
                     # Not accepting (ready is low for every input this output selects).
                     with m.If(link.ready):
-                        m.d.sync += [main_d[o].eq(skid_d[o]), skid_v[o].eq(0)]
+                        m.d.sync += skid_v[o].eq(0)
+                        if width:
+                            m.d.sync += main_d[o].eq(skid_d[o])
                 with m.Elif(push):
                     with m.If(~main_v[o] | link.ready):
-                        m.d.sync += [main_d[o].eq(data), main_v[o].eq(1)]
+                        m.d.sync += main_v[o].eq(1)
+                        if width:
+                            m.d.sync += main_d[o].eq(data)
                     with m.Else():
-                        m.d.sync += [skid_d[o].eq(data), skid_v[o].eq(1)]
+                        m.d.sync += skid_v[o].eq(1)
+                        if width:
+                            m.d.sync += skid_d[o].eq(data)
                 with m.Elif(link.ready):
                     m.d.sync += main_v[o].eq(0)
                 held.append(main_v[o])
