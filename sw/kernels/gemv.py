@@ -1,0 +1,301 @@
+"""GEMV on the chip: ``y = requant(W @ x)`` with int8 ``W`` (rows x cols, row-major in HBM),
+int8 ``x`` (cols) and int8 ``y`` (rows), built with :class:`sw.kernels.builder.KernelBuilder`.
+
+Mappings (``pcus`` = PCUs that stream weights)
+
+``pcus=1`` (one weight stream; at most 1 beat/cycle = half the HBM peak)::
+
+    agcu0.rd (W, all rows) ----------------------------> P.vin0
+    agcu1.rd (x, once) -> M.win ; M.rout (x per row) -> P.vin1
+    P: DP4 + per-lane row accumulate, SUM tree, post REQUANT, pack 64 int8 -> P.vout -> agcu2.wr
+
+``pcus=2`` (split-K: two weight streams, up to the HBM peak)::
+
+    agcu0.rd (left  kb beats of every W row) -> B.vin0      (kb = nb // 2, nb = cols / 64)
+    agcu1.rd (right ka beats of every W row) -> A.vin0      (ka = nb - kb)
+    agcu2.rd (x, once) -> multicast -> MB.win, MA.win  (both store all nb beats)
+    MB.rout (x[0:kb] re-read per row) -> B.vin1 ; MA.rout (x[kb:nb] per row) -> A.vin1
+    B: DP4 + accumulate + SUM tree -> int32 partial per row -> B.sout -> A.sin0
+    A: DP4 + accumulate + SUM tree, post ADD sin0 (popped once per row) -> A.sout -> C.sin0
+    C: post REQUANT(sin0), pack 64 int8 -> C.vout -> agcu3.wr
+
+The requant stage needs its own PCU because the post stage has one FU (ADD *or* REQUANT) and a
+PCU has one vector output; a fused "ADD then REQUANT" post stage (or a second post FU) would
+save PCU C. With only four AGCUs (two weight streams, x, y) more than two weight streams are
+not possible in one kernel.
+
+Placement: the roles are assigned to PCUs/PMUs by the smallest total Manhattan distance of
+the routes that then also routes without conflicts (``place``).
+
+The requant scale: ``(m, s) = intops.quantize_multiplier(127 / (4 * std(W @ x)))`` (a
+calibration on the data itself), so ``y`` spreads over int8 and the tails saturate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hdl.pcu import AccOp, FuOp, PcuConfig, Red, Src
+from hdl.pmu import PmuConfig, pmu_depth
+from hdl.params import RduParams
+from hdl.unitmap import units_of_kind
+from sw import intops
+from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, agcu_writable_counters
+
+__all__ = ["GemvError", "GemvLayout", "GemvKernel", "make_data", "choose_requant", "golden",
+           "build_gemv", "REDUCED_PARAMS"]
+
+# The reduced geometry the tests and a quick CLI run use: 2x3 tiles (3 PCUs, 3 PMUs; AGCUs 0/1
+# west, 2/3 east of rows 0/1), 2 PCU stages and 2 vector inputs (GEMV needs no more), 1 MiB
+# HBM (R = C = 512 fits). Its Verilator build is several times smaller than the default chip.
+REDUCED_PARAMS = RduParams(grid_rows=2, grid_cols=3, hbm_bytes=1024 * 1024, pcu_stages=2,
+                          pcu_vector_inputs=2)
+
+
+class GemvError(ValueError):
+    """The GEMV cannot be built for these arguments (shape, memory, geometry)."""
+
+
+@dataclass(frozen=True)
+class GemvLayout:
+    """HBM byte addresses of W, x and y."""
+    w: int
+    x: int
+    y: int
+    end: int
+
+
+def _align(v, a):
+    return -(-v // a) * a
+
+
+def layout(p: RduParams, rows: int, cols: int) -> GemvLayout:
+    bb = p.beat_bytes
+    w = 0
+    x = _align(w + rows * cols, bb)
+    y = _align(x + cols, bb)
+    end = _align(y + rows, bb)
+    if end > p.hbm_bytes:
+        raise GemvError(f"W ({rows}x{cols} = {rows * cols} B) + x + y need {end} B of HBM; the "
+                        f"chip has {p.hbm_bytes} B")
+    return GemvLayout(w, x, y, end)
+
+
+def make_data(rows: int, cols: int, seed: int):
+    """Random int8 W (rows, cols) and x (cols,) over the full int8 range."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, size=(rows, cols), dtype=np.int64).astype(np.int8)
+    x = rng.integers(-128, 128, size=cols, dtype=np.int64).astype(np.int8)
+    return w, x
+
+
+def choose_requant(w, x) -> tuple[int, int]:
+    """(m, s) mapping 4 standard deviations of ``W @ x`` to 127."""
+    acc = intops.gemv(w, x).astype(np.float64)
+    spread = max(1.0, 4.0 * float(np.std(acc)))
+    return intops.quantize_multiplier(127.0 / spread)
+
+
+def golden(w, x, m: int, s: int) -> np.ndarray:
+    return intops.requant(intops.gemv(w, x), m, s, 8).astype(np.int8)
+
+
+@dataclass
+class GemvKernel:
+    """A built GEMV: the builder (bitstream, describe), the layout and the roles."""
+    params: RduParams
+    rows: int
+    cols: int
+    pcus: int
+    m: int
+    s: int
+    layout: GemvLayout
+    builder: KernelBuilder
+    roles: dict = field(default_factory=dict)      # role -> unit name
+    w_blocks: list = field(default_factory=list)   # column blocks (in beats) of the W image
+
+    def w_image(self, w) -> bytes:
+        """The bytes of W as the kernel expects them in HBM at ``layout.w``."""
+        bb = self.params.beat_bytes
+        w = np.asarray(w, dtype=np.int8)
+        return b"".join(np.ascontiguousarray(w[:, a * bb:b * bb]).tobytes()
+                        for a, b in self.w_blocks)
+
+    @property
+    def w_layout(self) -> str:
+        return w_layout_name(self.w_blocks, self.params.beat_bytes)
+
+    @property
+    def unit_ids(self):
+        return self.builder.unit_ids()
+
+    @property
+    def hbm_bytes(self) -> int:
+        """Bytes the kernel moves between HBM and the chip (W, x once, y)."""
+        bb = self.params.beat_bytes
+        return (self.rows * self.cols + _align(self.cols, bb) + _align(self.rows, bb))
+
+    def watchdog_cycles(self) -> int:
+        return 8 * self.rows * (self.cols // self.params.beat_bytes) + 20_000
+
+    def to_bytes(self) -> bytes:
+        return self.builder.to_bytes()
+
+
+def _dist(a, b):
+    return abs(a[0] - b[0]) + abs(a[1] - b[1])
+
+
+def place(p: RduParams, pcu_roles, pmu_roles, edges, agcu_pos, try_route):
+    """Assign roles to units: candidates by total Manhattan distance of ``edges`` (pairs of
+    role/AGCU names), first that ``try_route`` accepts (returns a builder or raises
+    KernelError)."""
+    pcus = units_of_kind(p, "pcu")
+    pmus = units_of_kind(p, "pmu")
+    if len(pcu_roles) > len(pcus) or len(pmu_roles) > len(pmus):
+        raise GemvError(f"the mapping needs {len(pcu_roles)} PCUs and {len(pmu_roles)} PMUs; "
+                        f"the chip has {len(pcus)} and {len(pmus)}")
+    cands = []
+    for pc in itertools.permutations(pcus, len(pcu_roles)):
+        for pm in itertools.permutations(pmus, len(pmu_roles)):
+            pos = dict(agcu_pos)
+            pos.update({r: u.pos for r, u in zip(pcu_roles, pc)})
+            pos.update({r: u.pos for r, u in zip(pmu_roles, pm)})
+            cost = sum(_dist(pos[a], pos[b]) for a, b in edges)
+            cands.append((cost, [u.index for u in pc], [u.index for u in pm]))
+    cands.sort(key=lambda c: c[0])
+    last = None
+    for cost, pc, pm in cands[:200]:
+        try:
+            return try_route(dict(zip(pcu_roles, pc)), dict(zip(pmu_roles, pm)))
+        except KernelError as e:
+            last = e
+    raise GemvError(f"no placement of the GEMV routes without conflicts: {last}")
+
+
+def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: int,
+               name: str = "gemv") -> GemvKernel:
+    """Build the GEMV kernel (see the module docstring for the mapping)."""
+    bb = p.beat_bytes
+    if rows < 1 or cols < 1:
+        raise GemvError("rows and cols must be positive")
+    if cols % bb:
+        raise GemvError(f"cols ({cols}) must be a multiple of {bb} (one beat of int8)")
+    nb = cols // bb
+    if nb > pmu_depth(p):
+        raise GemvError(f"x ({cols} int8 = {nb} beats) does not fit a PMU ({pmu_depth(p)} beats)")
+    if rows > 65535:
+        raise GemvError(f"rows ({rows}) > 65535 (PMU RD_REPEAT and PCU counters are 16 bit)")
+    if pcus not in (1, 2):
+        raise GemvError(f"--pcus {pcus}: this mapping uses 1 or 2 weight-streaming PCUs (four "
+                        f"AGCUs = two weight streams + x + y)")
+    if pcus == 2 and nb < 2:
+        raise GemvError(f"split-K over 2 PCUs needs cols >= {2 * bb}")
+    if p.n_agcus < 3 + (pcus == 2):
+        raise GemvError(f"the mapping needs {3 + (pcus == 2)} AGCUs; the chip has {p.n_agcus}")
+    lay = layout(p, rows, cols)
+    wb, xb, yb = lay.w // bb, lay.x // bb, lay.y // bb
+    ybeats = -(-rows // bb)
+    agcus = {u.index: u.pos for u in units_of_kind(p, "agcu")}
+
+    if pcus == 1:
+        pcu_roles, pmu_roles = ["P"], ["M"]
+        ag = {"W": 0, "x": 1, "y": 2}
+        edges = [("a0", "P"), ("a1", "M"), ("M", "P"), ("P", "a2")]
+    else:
+        pcu_roles, pmu_roles = ["B", "A", "C"], ["MB", "MA"]
+        ag = {"WL": 0, "WR": 1, "x": 2, "y": 3}
+        edges = [("a0", "B"), ("a1", "A"), ("a2", "MB"), ("a2", "MA"), ("MB", "B"),
+                 ("MA", "A"), ("B", "A"), ("A", "C"), ("C", "a3")]
+    agcu_pos = {f"a{i}": pos for i, pos in agcus.items()}
+
+    def try_route(pc, pm):
+        kb = KernelBuilder(p, name)
+        P = {r: f"pcu{i}" for r, i in pc.items()}
+        M = {r: f"pmu{i}" for r, i in pm.items()}
+        if pcus == 1:
+            kb.agcu(ag["W"], AgcuProgram.read(wb, (rows * nb,), (1,)), role="W stream")
+            kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,)), role="x load")
+            kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,)), role="y store")
+            kb.pmu(pm["M"], PmuConfig.resident_vector(nb, repeat=rows), role="x resident",
+                   summary=f"x: {nb} beats written once, read {rows} times")
+            kb.pcu(pc["P"], PcuConfig.gemv(p, rows, nb, m=m, s=s, out_bits=8), role="gemv",
+                   summary=f"DP4 x {nb} beats/row, SUM, REQUANT(m={m}, s={s}), pack int8")
+            kb.route(f"agcu{ag['W']}.rd", f"{P['P']}.vin0", what="W")
+            kb.route(f"agcu{ag['x']}.rd", f"{M['M']}.win", what="x load")
+            kb.route(f"{M['M']}.rout", f"{P['P']}.vin1", what="x per row")
+            kb.route(f"{P['P']}.vout", f"agcu{ag['y']}.wr", what="y int8")
+        else:
+            kl = nb // 2
+            kr = nb - kl
+            if w_blocks == [(0, nb)]:      # row-major W: 2-counter programs
+                kb.agcu(ag["WL"], AgcuProgram.read(wb, (kl, rows), (1, nb)), role="W left")
+                kb.agcu(ag["WR"], AgcuProgram.read(wb + kl, (kr, rows), (1, nb)),
+                        role="W right")
+            else:                           # column blocks, each row-major: sequential reads
+                kb.agcu(ag["WL"], AgcuProgram.read(wb, (kl * rows,), (1,)), role="W left")
+                kb.agcu(ag["WR"], AgcuProgram.read(wb + kl * rows, (kr * rows,), (1,)),
+                        role="W right")
+            kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,)), role="x load")
+            kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,)), role="y store")
+            for role, base, k in (("MB", 0, kl), ("MA", kl, kr)):
+                cfg = PmuConfig(sync=True, buf_base=0, buf_size=nb, n_buf=1, wr_passes=1,
+                                wr_counts=(nb,), wr_strides=(1,), rd_passes=1, rd_repeat=rows,
+                                rd_base=base, rd_counts=(k,), rd_strides=(1,))
+                kb.pmu(pm[role], cfg, role=f"x {'left' if role == 'MB' else 'right'}",
+                       summary=f"x: {nb} beats written once, beats [{base}, {base + k}) "
+                               f"read {rows} times")
+            b = (PcuConfig(p).counters(kl, rows).vin(0).vin(1)
+                 .stage(0, FuOp.DP4, Src.VIN0, Src.VIN1, Src.ZERO, acc_op=AccOp.SUM, acc_level=1)
+                 .emit(1).reduce(Red.SUM).post(FuOp.PASS, Src.PREV)
+                 .output(vout=False, sout=True))
+            a = (PcuConfig(p).counters(kr, rows).vin(0).vin(1).sin(0, pop_level=1)
+                 .stage(0, FuOp.DP4, Src.VIN0, Src.VIN1, Src.ZERO, acc_op=AccOp.SUM, acc_level=1)
+                 .emit(1).reduce(Red.SUM).post(FuOp.ADD, Src.PREV, Src.SIN0)
+                 .output(vout=False, sout=True))
+            c = (PcuConfig(p).counters(rows).sin(0).emit(0).reduce(Red.FIRST)
+                 .post(FuOp.REQUANT, Src.SIN0, Src.IMM, Src.ZERO,
+                       imm=PcuConfig.requant_word(m, s), bits=8)
+                 .output(vout=True, sout=False, pack_bits=8))
+            kb.pcu(pc["B"], b, role="dot left",
+                   summary=f"DP4 x {kl} beats/row, SUM -> int32 partial on sout")
+            kb.pcu(pc["A"], a, role="dot right+add",
+                   summary=f"DP4 x {kr} beats/row, SUM, + partial (sin0) -> int32 on sout")
+            kb.pcu(pc["C"], c, role="requant",
+                   summary=f"REQUANT(m={m}, s={s}) of sin0, pack 64 int8 per beat")
+            kb.route(f"agcu{ag['WL']}.rd", f"{P['B']}.vin0", what="W left halves")
+            kb.route(f"agcu{ag['WR']}.rd", f"{P['A']}.vin0", what="W right halves")
+            kb.route(f"agcu{ag['x']}.rd", [f"{M['MB']}.win", f"{M['MA']}.win"], what="x load")
+            kb.route(f"{M['MB']}.rout", f"{P['B']}.vin1", what="x left per row")
+            kb.route(f"{M['MA']}.rout", f"{P['A']}.vin1", what="x right per row")
+            kb.route(f"{P['B']}.sout", f"{P['A']}.sin0", what="int32 partial sums")
+            kb.route(f"{P['A']}.sout", f"{P['C']}.sin0", what="int32 row sums")
+            kb.route(f"{P['C']}.vout", f"agcu{ag['y']}.wr", what="y int8")
+        roles = {**{r: P[r] for r in P}, **{r: M[r] for r in M},
+                 **{r: f"agcu{i}" for r, i in ag.items()}}
+        return kb, roles
+
+    # W in HBM: row-major, unless a split needs 2-counter AGCU programs the bitstream cannot
+    # configure (see agcu_writable_counters): then column blocks [0, kl) and [kl, nb) of beats,
+    # each stored row-major, one after the other (a compiler-chosen weight layout).
+    w_blocks = [(0, nb)]
+    if pcus == 2 and agcu_writable_counters(p) < 2:
+        w_blocks = [(0, nb // 2), (nb // 2, nb)]
+    kb, roles = place(p, pcu_roles, pmu_roles, edges, agcu_pos, try_route)
+    kb.metadata.update({"pattern": "gemv", "rows": rows, "cols": cols, "pcus": pcus,
+                        "requant": {"m": m, "s": s},
+                        "hbm": {"w": lay.w, "x": lay.x, "y": lay.y}, "roles": roles,
+                        "w_layout": w_layout_name(w_blocks, bb)})
+    return GemvKernel(p, rows, cols, pcus, m, s, lay, kb, roles, w_blocks)
+
+
+def w_layout_name(blocks, bb) -> str:
+    if len(blocks) == 1:
+        return "row-major"
+    return "column blocks " + " + ".join(f"[{a * bb}:{b * bb}]" for a, b in blocks) + \
+        " each row-major"
+
