@@ -333,9 +333,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the shipped KJV LLaMA model (1 CPU thread).")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS)
     ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=256, help="training context length")
+    ap.add_argument("--short-ctx", type=int, default=128,
+                    help="if set, train the first steps at this context (same tokens per step: "
+                         "batch scaled up), the last --long-frac of the steps at --ctx")
+    ap.add_argument("--long-frac", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=200)
@@ -403,10 +407,15 @@ def main(argv=None):
     log = {"loss": [], "val": []}
     t_train = time.time()
     smooth = None
+    long_from = round(args.steps * (1 - args.long_frac)) if args.short_ctx else 0
     for step in range(args.steps):
-        starts = rng.integers(0, hi, size=args.batch)
-        xb = torch.from_numpy(np.stack([train_ids[s:s + args.ctx] for s in starts]))
-        yb = torch.from_numpy(np.stack([train_ids[s + 1:s + args.ctx + 1] for s in starts]))
+        if step < long_from:
+            ctx, bs = args.short_ctx, args.batch * args.ctx // args.short_ctx
+        else:
+            ctx, bs = args.ctx, args.batch
+        starts = rng.integers(0, hi, size=bs)
+        xb = torch.from_numpy(np.stack([train_ids[s:s + ctx] for s in starts]))
+        yb = torch.from_numpy(np.stack([train_ids[s + 1:s + ctx + 1] for s in starts]))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         logits = model(xb)
@@ -469,6 +478,8 @@ def main(argv=None):
                       "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                       "train_bytes_per_token": round(len(train_text.encode()) / len(train_ids), 4)},
         "hyperparameters": {"steps": args.steps, "batch": args.batch, "ctx": args.ctx,
+                            "short_ctx": args.short_ctx or None,
+                            "short_ctx_steps": long_from,
                             "tokens_per_step": args.batch * args.ctx, "lr": args.lr,
                             "min_lr_frac": args.min_lr_frac, "warmup": args.warmup,
                             "weight_decay": args.weight_decay, "betas": [0.9, 0.95],
