@@ -8,12 +8,13 @@ Ports (all the host sees):
 - ``run_done``: high once every unit started by the last ``RUN_START`` has finished (the
   runtime sleeps on its rising edge).
 
-Inside: the host interface (CSRs, counters, DMA engine) and the memory system (HBM controller
-model + AGCUs; the host DMA engine is one more HBM client). Until the compute fabric exists, the
-AGCUs are started by the host (CSRs ``RUN_MASK``/``RUN_START``) and their fabric-side streams
-(``chip.memsys.agcu[i].rd`` / ``.wr``) are left for an enclosing testbench toplevel to drive
-(benchmarks attach traffic sinks and sources there); unconnected, ``rd`` is never ready and
-``wr`` never valid.
+Inside: the host interface (CSRs, counters, DMA engine), the config controller, the memory
+system (HBM controller model + AGCUs; the host DMA engine is one more HBM client) and the
+compute fabric (PCUs, PMUs, switches: ``hdl/fabric.py``) between the AGCUs' fabric-side streams.
+Units are started by the host (CSRs ``RUN_MASK``/``RUN_START``) until the looping sequencer
+takes over. ``Chip(params, fabric=False)`` leaves the AGCU streams (``chip.memsys.agcu[i].rd`` /
+``.wr``) to an enclosing testbench toplevel instead (the HBM benchmark attaches traffic sinks
+and sources there); unconnected, ``rd`` is never ready and ``wr`` never valid.
 
 Extension CSR window (``EXT_BASE`` + offset, read-only), answered here:
 
@@ -39,7 +40,8 @@ from amaranth.lib.wiring import In, Out
 from .host import EXT_BASE, HostInterface, csr_bus_signature
 from .config import ConfigController
 from .memsys import MemorySystem
-from .unitmap import unit_id, unit_map
+from .fabric import Fabric
+from .unitmap import unit_id, unit_map, units_of_kind
 from .params import RduParams
 from .perf import LatencyMonitor
 
@@ -54,7 +56,7 @@ def ext_latency_base(client: int) -> int:
 
 
 class Chip(wiring.Component):
-    def __init__(self, params: RduParams):
+    def __init__(self, params: RduParams, *, fabric: bool = True):
         self.params = p = params
         super().__init__({
             "csr": In(csr_bus_signature(p)),
@@ -67,6 +69,7 @@ class Chip(wiring.Component):
         self.host = HostInterface(p, len(self.units))
         self.memsys = MemorySystem(p, agcu_unit_base=unit_id(p, "agcu", 0))
         self.config = ConfigController(p)
+        self.fabric = Fabric(p) if fabric else None
 
     def elaborate(self, platform):
         p = self.params
@@ -97,6 +100,26 @@ class Chip(wiring.Component):
             host.hbm_stats.refresh.eq(memsys.stats.refresh),
             host.hbm_stats.row_miss.eq(memsys.stats.row_miss),
         ]
+        # The compute fabric sits between the AGCUs' fabric-side streams; it shares the config bus.
+        if self.fabric is not None:
+            m.submodules.fabric = fabric = self.fabric
+            m.d.comb += [
+                fabric.cfg.we.eq(host.cfg.we), fabric.cfg.unit.eq(host.cfg.unit),
+                fabric.cfg.addr.eq(host.cfg.addr), fabric.cfg.data.eq(host.cfg.data),
+            ]
+            for i in range(p.n_agcus):
+                wiring.connect(m, memsys.agcu[i].rd, fabric.agcu_rd[i])
+                wiring.connect(m, fabric.agcu_wr[i], memsys.agcu[i].wr)
+            for u in units_of_kind(p, "pcu") + units_of_kind(p, "pmu"):
+                ctl = fabric.ctrl_of(u.id)
+                m.d.comb += [
+                    ctl.start.eq(host.unit_start[u.id]),
+                    ctl.iteration.eq(host.unit_iteration),
+                    host.unit_busy[u.id].eq(ctl.busy),
+                    host.unit_done[u.id].eq(ctl.done),
+                    host.unit_status[u.id].eq(ctl.status),
+                ]
+
         # Unit control by unit id (hdl/unitmap.py); ids without a controllable unit read idle.
         for i in range(p.n_agcus):
             uid = unit_id(p, "agcu", i)

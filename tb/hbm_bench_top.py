@@ -45,7 +45,7 @@ class HbmBenchTop(wiring.Component):
     def elaborate(self, platform):
         p = self.params
         m = Module()
-        m.submodules.chip = chip = Chip(p)
+        m.submodules.chip = chip = Chip(p, fabric=False)
         wiring.connect(m, wiring.flipped(self.csr), chip.csr)
         wiring.connect(m, wiring.flipped(self.h2c), chip.h2c)
         wiring.connect(m, chip.c2h, wiring.flipped(self.c2h))
