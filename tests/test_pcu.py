@@ -673,8 +673,9 @@ def test_gemv_int16_input_three_vins():
     exp = I.requant(I.gemv(w, x, 16), m, s, 16)
     assert len(set(exp.tolist())) == rows
     check_gemv(prog, exp, 16)
+    # With only two vector inputs there is no room for W, x_hi and x_lo.
     with pytest.raises(ValueError):
-        PcuConfig.gemv(P4, rows, nb, m, s, x_bits=16)
+        PcuConfig.gemv(P4.replace(pcu_vector_inputs=2), rows, nb, m, s, x_bits=16)
 
 
 def test_segmented_reduce_attention_scores():
