@@ -151,8 +151,9 @@ def run(b: Build, test_module: str, *, testcase=None, env: dict | None = None, w
     return results
 
 
-def check_results(results_xml: Path) -> None:
-    """Raise ``AssertionError`` naming each failed cocotb test in a JUnit file."""
+def check_results(results_xml: Path, context: str = "") -> None:
+    """Raise ``AssertionError`` naming each failed cocotb test in a JUnit file; ``context``
+    (e.g. the seed) leads the message."""
     from cocotb_tools.runner import get_results
     n_tests, n_fail = get_results(results_xml)
     if n_tests == 0:
@@ -163,4 +164,5 @@ def check_results(results_xml: Path) -> None:
         for case in ET.parse(results_xml).iter("testcase"):
             for f in list(case.iter("failure")) + list(case.iter("error")):
                 msgs.append(f"{case.get('name')}: {f.get('message') or (f.text or '').strip()[:2000]}")
-        raise AssertionError(f"{n_fail}/{n_tests} cocotb tests failed:\n" + "\n".join(msgs))
+        lead = f"{context}: " if context else ""
+        raise AssertionError(f"{lead}{n_fail}/{n_tests} cocotb tests failed:\n" + "\n".join(msgs))
