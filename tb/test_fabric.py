@@ -43,7 +43,8 @@ def test_fabric(tmp_path):
             "speed_beats": 20000,
             "result": str(result)}
     t1 = time.monotonic()
-    check_results(run(b, "tb.fabric_tb", env={"MINIRDU_ARGS": json.dumps(args)}), context=f"fabric_tb with SEED={seed}")
+    check_results(run(b, "tb.fabric_tb", env={"MINIRDU_ARGS": json.dumps(args)}),
+                  context=f"fabric_tb with SEED={seed}")
     wall = time.monotonic() - t1
     log = json.loads(result.read_text())
     print(f"fabric cocotb run: {wall:.1f} s")
