@@ -160,3 +160,9 @@ def test_requant_spreads_over_int8():
     y = golden(w, x, m, s)
     assert y.dtype == np.int8 and y.std() > 20
     assert np.array_equal(y, intops.requant(intops.gemv(w, x), m, s, 8))
+
+
+def test_bitstream_size_limit():
+    kb = small_kernel(P.replace(config_buffer_bytes=1024))
+    with pytest.raises(KernelError, match="exceeds the config controller's 1024 B buffer"):
+        kb.to_bytes()

@@ -46,7 +46,7 @@ from hdl.agcu import AgcuMode, AgcuReg, agcu_count_reg, agcu_stride_reg
 from hdl.fabric import FabricTopology, Route, RouteError
 from hdl.params import RduParams
 from hdl.unitmap import UnitInfo, regs_per_kind, unit_map
-from sw.bitstream import Bitstream, Kernel
+from sw.bitstream import Bitstream, Kernel, config_buffer_bytes
 
 __all__ = ["KernelBuilder", "KernelError", "AgcuProgram", "UnitConfig", "agcu_writable_counters"]
 
@@ -343,7 +343,12 @@ class KernelBuilder:
                                     metadata=md, routes=self.routes_json())
 
     def to_bytes(self) -> bytes:
-        return self.bitstream().to_bytes()
+        data = self.bitstream().to_bytes()
+        limit = config_buffer_bytes(self.params)
+        if len(data) > limit:
+            raise KernelError(f"kernel {self.name!r}: bitstream of {len(data)} B exceeds the config "
+                              f"controller's {limit} B buffer")
+        return data
 
     def describe(self) -> str:
         """A readable summary: units (with roles and positions), routes with hop counts."""
