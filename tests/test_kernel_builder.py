@@ -166,3 +166,53 @@ def test_bitstream_size_limit():
     kb = small_kernel(P.replace(config_buffer_bytes=1024))
     with pytest.raises(KernelError, match="exceeds the config controller's 1024 B buffer"):
         kb.to_bytes()
+
+
+def _agcu_beats(writes, unit):
+    """Beat addresses of an AGCU program, from its config writes (Python model of hdl/agcu.py)."""
+    from hdl.agcu import agcu_count_reg, agcu_stride_reg
+    regs = {w_.reg: w_.value for w_ in writes if w_.unit == unit}
+    counts, strides, k = [], [], 0
+    while agcu_count_reg(k) in regs:
+        counts.append(regs[agcu_count_reg(k)])
+        s = regs[agcu_stride_reg(k)]
+        strides.append(s - (1 << 32) if s >> 31 else s)
+        k += 1
+    addrs = [regs[AgcuReg.BASE]]
+    for c, s in zip(counts, strides):
+        addrs = [a + i * s for i in range(c) for a in addrs]
+    lo, n = regs[AgcuReg.REGION_BASE], regs[AgcuReg.REGION_BEATS]
+    assert all(lo <= a < lo + n for a in addrs)
+    return addrs
+
+
+@pytest.mark.parametrize("rows,cols,pcus", [(64, 64, 1), (128, 192, 2), (192, 128, 2),
+                                            (64, 320, 2)])
+def test_gemv_agcu_programs_stream_the_right_weights(rows, cols, pcus):
+    """The weight AGCUs, reading the W image, deliver each PCU exactly its rows x column range,
+    row by row; the x AGCU reads x; the y AGCU writes ceil(rows/64) beats at layout.y."""
+    p = REDUCED_PARAMS
+    w, x = make_data(rows, cols, 1)
+    k = build_gemv(p, rows, cols, pcus=pcus, m=1, s=0)
+    bs = Bitstream.from_bytes(k.to_bytes(), p)
+    bb = p.beat_bytes
+    hbm = bytearray(k.layout.end)
+    img = k.w_image(w)
+    hbm[k.layout.w:k.layout.w + len(img)] = img
+    hbm[k.layout.x:k.layout.x + cols] = x.tobytes()
+    from hdl.unitmap import unit_map
+    ids = {u.name: u.id for u in unit_map(p)}
+
+    def stream(agcu):
+        return b"".join(bytes(hbm[a * bb:(a + 1) * bb]) for a in _agcu_beats(bs.writes, ids[agcu]))
+
+    nb = cols // bb
+    if pcus == 1:
+        assert stream(k.roles["W"] if "W" in k.roles else "agcu0") == w.tobytes()
+    else:
+        kl = nb // 2
+        assert stream(k.roles["WL"]) == np.ascontiguousarray(w[:, :kl * bb]).tobytes()
+        assert stream(k.roles["WR"]) == np.ascontiguousarray(w[:, kl * bb:]).tobytes()
+    assert stream(k.roles["x"]) == x.tobytes()
+    y_addrs = _agcu_beats(bs.writes, ids[k.roles["y"]])
+    assert y_addrs == list(range(k.layout.y // bb, k.layout.y // bb + -(-rows // bb)))
