@@ -129,10 +129,12 @@ def _gemv(parser):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pcus", type=int, default=None,
                         help="weight-streaming PCUs: 1, or 2 (split-K; default when cols >= 128)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result directory (default sim_results/gemv-RxC-TIME)")
     parser.add_argument("--waves", action="store_true", help="trace a VCD (slower build and run)")
     parser.add_argument("--reduced", action="store_true",
-                        help="2x4 grid, 256 KiB HBM (fast build) instead of the default chip")
+                        help="the reduced test chip (2x3 grid, 2 PCU stages, 1 MiB HBM; faster build) "
+                             "instead of the default chip")
 
     def run(args):
         from hdl.params import DEFAULT_PARAMS
