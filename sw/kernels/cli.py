@@ -117,8 +117,38 @@ def run_gemv(p, rows: int, cols: int, seed: int, pcus: int, out: Path, waves: bo
     if waves:
         vcds = sorted(str(v) for v in list(out.glob("*.vcd")) + list(b.build_dir.glob("*.vcd")))
         res["vcd"] = vcds
+        if vcds:
+            res["gtkw"] = str(write_gtkw(kernel, Path(vcds[0]), out / "gemv.gtkw"))
     (out / "result.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def write_gtkw(kernel, vcd: Path, path: Path) -> Path:
+    """A GTKWave save file for a GEMV run: run_done, HBM beats, then per unit of the kernel (in
+    role order) its busy and stream valid/ready signals."""
+    from vcd.gtkw import GTKWSave
+    top = "rdu_chip"
+    ports = {"pcu": ["busy", "running", "fire", "vin__0__valid", "vin__0__ready", "vin__1__valid",
+                     "vin__1__ready", "sin__0__ready", "sout_valid", "sout__ready", "vout_valid",
+                     "vout__ready"],
+             "pmu": ["ctrl__busy", "win__valid", "win__ready", "rout__valid", "rout__ready"],
+             "agcu": ["busy", "rd__valid", "rd__ready", "wr__valid", "wr__ready"]}
+    with open(path, "w") as f:
+        g = GTKWSave(f)
+        g.dumpfile(str(vcd))
+        g.zoom_markers(-20.0)
+        with g.group("chip", closed=False):
+            g.trace(f"{top}.clk")
+            g.trace(f"{top}.run_done")
+            g.trace(f"{top}.stats__rd_beat", datafmt="bin")
+            g.trace(f"{top}.stats__wr_beat", datafmt="bin")
+        for role, unit in kernel.roles.items():
+            kind = unit.rstrip("0123456789")
+            scope = f"{top}.memsys.{unit}" if kind == "agcu" else f"{top}.fabric.{unit}"
+            with g.group(f"{role}: {unit}", closed=False):
+                for sig in ports[kind]:
+                    g.trace(f"{scope}.{sig}")
+    return path
 
 
 @command("kernel gemv", "run y = requant(W @ x) (int8) on the Verilator chip, check vs numpy")
@@ -164,6 +194,7 @@ def _gemv(parser):
               f"sim: {res['sim_cycles_per_second']:.0f} cycles/s")
         print(f"bitstream: {out / 'kernel.rbit'}  result: {out / 'result.json'}")
         if args.waves:
-            print(f"waves: {', '.join(res.get('vcd') or ['(no VCD found)'])}")
+            print(f"waves: {', '.join(res.get('vcd') or ['(no VCD found)'])}"
+                  + (f" (open with: gtkwave -a {res['gtkw']})" if res.get("gtkw") else ""))
         return 0 if res["bit_exact"] else 1
     return run
