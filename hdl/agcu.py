@@ -66,9 +66,9 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .bus import config_bus_signature, hbm_port_signature
-from .params import RduParams
+from .params import DEFAULT_PARAMS, RduParams
 
-__all__ = ["Agcu", "AgcuReg", "AgcuMode", "AgcuStatus", "agcu_count_reg", "agcu_stride_reg",
+__all__ = ["Agcu", "AgcuReg", "AGCU_N_REGS", "AgcuMode", "AgcuStatus", "agcu_count_reg", "agcu_stride_reg",
            "agcu_read_buffer_beats", "agcu_port_signature", "ITERATION_BITS", "STATUS_BITS"]
 
 ITERATION_BITS = 16
@@ -84,6 +84,19 @@ class AgcuReg(enum.IntEnum):
     ITER_STRIDE = 0x04
     COUNT_0 = 0x10
     STRIDE_0 = 0x11
+    COUNT_1 = 0x12
+    STRIDE_1 = 0x13
+    COUNT_2 = 0x14
+    STRIDE_2 = 0x15
+    COUNT_3 = 0x16
+    STRIDE_3 = 0x17
+
+
+# Register count the unit map (and so the config controller's REG_OUT_OF_RANGE check) uses: the
+# counter pairs of the default geometry. The map is per kind, not per geometry, so a chip built
+# with more counters refuses bitstreams that write them (a clear error, never a silent drop).
+AGCU_N_REGS = 0x10 + 2 * DEFAULT_PARAMS.agcu_counters
+assert AGCU_N_REGS == max(AgcuReg) + 1, "AgcuReg must name every counter register"
 
 
 def agcu_count_reg(k: int) -> int:

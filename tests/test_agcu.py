@@ -356,3 +356,20 @@ def test_read_buffer_credits_bound_outstanding():
 
     r = make(tb)
     assert r == {"requested": agcu_read_buffer_beats(P), "busy": 1}
+
+
+def test_every_counter_register_is_configurable_by_bitstream():
+    """The unit map sizes the AGCU's register space from AgcuReg: a bitstream programming the
+    outermost counter must pass the config controller's range check (a 2-D program over
+    row-major W depends on it), and one register past the map must not."""
+    from hdl.params import DEFAULT_PARAMS as D
+    from hdl.unitmap import regs_per_kind, unit_id
+    from sw.bitstream import Bitstream, ConfigStatus, check
+    assert regs_per_kind("agcu") == 0x10 + 2 * D.agcu_counters
+    a = unit_id(D, "agcu", 1)
+    last = agcu_stride_reg(D.agcu_counters - 1)
+    ok = Bitstream.for_params(D, writes=[(a, agcu_count_reg(D.agcu_counters - 1), 3),
+                                          (a, last, 64)]).to_bytes()
+    assert check(ok, D) == ConfigStatus.OK
+    bad = Bitstream.for_params(D, writes=[(a, last + 1, 0)]).to_bytes()
+    assert check(bad, D) == ConfigStatus.REG_OUT_OF_RANGE
