@@ -19,7 +19,7 @@ from sw.cli import UserError, command
 
 MISSING = ("decode on the chip needs the compiler and the looping sequencer, which are not "
            "built yet; the compute fabric exists but its default-geometry Verilator build is too "
-           "slow for this command (it is tested at a narrow geometry)")
+           "slow for this command (it is tested at reduced geometries)")
 
 
 def default_out(kind: str) -> Path:
