@@ -66,13 +66,12 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .bus import config_bus_signature, hbm_port_signature
+from .links import ITERATION_BITS, STATUS_BITS
 from .params import DEFAULT_PARAMS, RduParams
 
 __all__ = ["Agcu", "AgcuReg", "AGCU_N_REGS", "AgcuMode", "AgcuStatus", "agcu_count_reg", "agcu_stride_reg",
            "agcu_read_buffer_beats", "agcu_port_signature", "ITERATION_BITS", "STATUS_BITS"]
 
-ITERATION_BITS = 16
-STATUS_BITS = 4
 _ADDR_BITS = 50   # signed internal address width: BASE + iteration*ITER_STRIDE + strides, no wrap
 
 

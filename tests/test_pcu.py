@@ -26,6 +26,23 @@ UNIT = 5
 # harness
 # ---------------------------------------------------------------------------------------------
 
+
+async def configure_and_start(ctx, dut, writes):
+    """Replay ``(register, value)`` writes on the config bus (a value may be ``(value, unit)``
+    to address another unit), then pulse ``start`` on an idle PCU."""
+    for addr, val in writes:
+        data, unit = val if isinstance(val, tuple) else (val, UNIT)
+        ctx.set(dut.cfg.we, 1)
+        ctx.set(dut.cfg.unit, unit)
+        ctx.set(dut.cfg.addr, int(addr))
+        ctx.set(dut.cfg.data, data)
+        await ctx.tick()
+    ctx.set(dut.cfg.we, 0)
+    assert not ctx.get(dut.ctrl.busy)
+    ctx.set(dut.ctrl.start, 1)
+    await ctx.tick()
+    ctx.set(dut.ctrl.start, 0)
+
 def pack(values, bits):
     """Pack signed ints, element e at bits [e*bits, (e+1)*bits)."""
     out = 0
@@ -115,18 +132,7 @@ def run_programs(params, programs, seed=0, gap=0.0, ready=1.0, ctl_out_ready=1.0
     async def main(ctx):
         for idx, prog in enumerate(programs):
             cur[0] = idx
-            for addr, val in prog.writes:
-                data, unit = val if isinstance(val, tuple) else (val, UNIT)
-                ctx.set(dut.cfg.we, 1)
-                ctx.set(dut.cfg.unit, unit)
-                ctx.set(dut.cfg.addr, int(addr))
-                ctx.set(dut.cfg.data, data)
-                await ctx.tick()
-            ctx.set(dut.cfg.we, 0)
-            assert not ctx.get(dut.ctrl.busy)
-            ctx.set(dut.ctrl.start, 1)
-            await ctx.tick()
-            ctx.set(dut.ctrl.start, 0)
+            await configure_and_start(ctx, dut, prog.writes)
             t0 = cycle[0]
             for _ in range(timeout):
                 _, _, busy, done = await ctx.tick().sample(dut.ctrl.busy, dut.ctrl.done)
@@ -562,17 +568,7 @@ def test_tokens_gate_entry_and_latency():
     c.output(vout=True)
 
     async def tb(ctx):
-        for r, v in c.writes():
-            ctx.set(dut.cfg.we, 1)
-            ctx.set(dut.cfg.unit, UNIT)
-            ctx.set(dut.cfg.addr, int(r))
-            ctx.set(dut.cfg.data, v)
-            await ctx.tick()
-        ctx.set(dut.cfg.we, 0)
-        assert not ctx.get(dut.ctrl.busy)
-        ctx.set(dut.ctrl.start, 1)
-        await ctx.tick()
-        ctx.set(dut.ctrl.start, 0)
+        await configure_and_start(ctx, dut, c.writes())
         assert ctx.get(dut.ctrl.busy)
         ctx.set(dut.vout.ready, 1)
         # beat 0 offered, no token: nothing may come out
