@@ -9,6 +9,7 @@ build flags, so a second ``build()`` of an unchanged design costs only Amaranth 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -109,6 +110,17 @@ def build(component, name: str, *, key: str = "", waves: bool = False, extra_arg
     marker = bdir / "build.json"
     if marker.exists() and not force:
         return Build(name, name, bdir, vfile, 0.0, True)
+    # pytest-xdist workers (and concurrent CLI runs) may want the same build at once: the
+    # first one builds under an exclusive lock, the others wait and then take the cache hit.
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and not force:
+            return Build(name, name, bdir, vfile, 0.0, True)
+        return _build_locked(component, name, bdir, vfile, marker, flags, waves)
+
+
+def _build_locked(component, name, bdir, vfile, marker, flags, waves) -> Build:
     t0 = time.monotonic()
     if bdir.exists():
         shutil.rmtree(bdir)
