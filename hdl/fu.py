@@ -31,7 +31,7 @@ CLZ        14  ``intops.clz32(a)`` (32 for ``a == 0``); ``ilog2 = 31 - clz`` wit
 AND        15  ``a & b`` (e.g. ``g8 & 0xFF``: the int8 LUT index)
 =========  ==  ===================================================================================
 
-Hardware sharing: MUL and REQUANT share one 32 x 33-bit signed multiplier per FU (REQUANT feeds
+Hardware sharing: MUL and REQUANT share one 32 x 32-bit signed multiplier per FU (REQUANT feeds
 it the zero-extended 15-bit ``m``); DP4/DP4U use four 8 x 9-bit multipliers (the 9th bit makes
 the unsigned-byte variant free). REQUANT's round-half-up shift uses ``((x >> (s-1)) + 1) >> 1``
 (``s > 0``), which equals ``(x + 2**(s-1)) >> s`` without a 64-bit adder for the half.
@@ -106,6 +106,12 @@ def _rshift_round(m, x, s, width, name):
     return r
 
 
+def _shl32(a, s):
+    """``(a << s)[:32]`` for a 6-bit ``s`` (0 for ``s >= 32``), built from a 5-bit shift so
+    the intermediate stays within 64 bits (a 95-bit shift is a slow multi-word op in Verilator)."""
+    return Mux(s[5], 0, (a << s[:5])[:32])
+
+
 class Fu(wiring.Component):
     """One lane's FU: ``r = op(a, b, c)`` combinationally (see the module docstring)."""
 
@@ -123,10 +129,11 @@ class Fu(wiring.Component):
         c = self.c.as_signed()
         op = self.op
 
-        # Shared multiplier: MUL (a * b) and REQUANT (a * m, m unsigned 15 bit).
-        mb = Signal(signed(33))
+        # Shared multiplier: MUL (a * b) and REQUANT (a * m, m unsigned 15 bit: it fits a signed
+        # 32-bit operand). 32 x 32 -> 64 bits keeps the product in one machine word in Verilator.
+        mb = Signal(signed(32))
         m.d.comb += mb.eq(Mux(op == FuOp.REQUANT, self.b[:15], b))
-        prod = Signal(signed(65))
+        prod = Signal(signed(64))
         m.d.comb += prod.eq(a * mb)
 
         # DP4 / DP4U: four int8 x (int8 | uint8) products.
@@ -162,7 +169,7 @@ class Fu(wiring.Component):
             sh_l.eq(Mux(neg_b[6:32] != 0, 63, neg_b[:6])),
         ]
         shlr = Signal(32)
-        m.d.comb += shlr.eq(Mux(b[31], (self.a << sh_l)[:32], a >> sh_r))
+        m.d.comb += shlr.eq(Mux(b[31], _shl32(self.a, sh_l), a >> sh_r))
 
         # ADD_SAT
         add_sat = Signal(32)
@@ -189,7 +196,7 @@ class Fu(wiring.Component):
             with m.Case(FuOp.MIN):
                 m.d.comb += self.r.eq(Mux(a < b, a, b))
             with m.Case(FuOp.SHL):
-                m.d.comb += self.r.eq((self.a << self.b[:6])[:32])
+                m.d.comb += self.r.eq(_shl32(self.a, self.b[:6]))
             with m.Case(FuOp.SHR_ROUND):
                 m.d.comb += self.r.eq(shr)
             with m.Case(FuOp.SHLR):

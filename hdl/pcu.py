@@ -366,12 +366,15 @@ class Pcu(wiring.Component):
         # flags of the beat at the entry: first[k], last[k] for k = 0..NC
         at_max = [ctr[i] == ctr_max[i] for i in range(NC)]
         at_zero = [ctr[i] == 0 for i in range(NC)]
+        # Built from separate prefix-AND terms, not bit by bit from itself: a signal whose bits
+        # feed each other is a combinational loop to Verilator (re-evaluated until it settles).
         e_first = Signal(NC + 1)
         e_last = Signal(NC + 1)
-        m.d.comb += [e_first[0].eq(1), e_last[0].eq(1)]
-        for k in range(1, NC + 1):
-            m.d.comb += [e_first[k].eq(e_first[k - 1] & at_zero[k - 1]),
-                         e_last[k].eq(e_last[k - 1] & at_max[k - 1])]
+        firsts, lasts = [Const(1)], [Const(1)]
+        for k in range(NC):
+            firsts.append(firsts[-1] & at_zero[k])
+            lasts.append(lasts[-1] & at_max[k])
+        m.d.comb += [e_first.eq(Cat(*firsts)), e_last.eq(Cat(*lasts))]
 
         def lvl(flags, level):
             return flags.bit_select(level, 1) if NC + 1 > 1 else flags[0]

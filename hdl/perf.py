@@ -11,13 +11,23 @@
     accepted on ``rdata`` it records ``latency = now - issue`` (cycles from request handshake to
     first-beat handshake, so consumer back-pressure counts, as the consumer sees it). It keeps the
     count, sum and maximum, and a histogram of ``bins`` bins of ``bin_cycles`` cycles each; the
-    last bin collects everything beyond. The histogram is registers, read combinationally through
-    ``hist_index``/``hist_count``. Up to ``depth`` read requests may be in flight; more set
-    ``overflow`` (the monitor then stops recording instead of recording wrong latencies).
+    last bin collects everything beyond. The histogram is a ``lib.memory.Memory`` (one
+    read-modify-write per recorded request), read combinationally through
+    ``hist_index``/``hist_count``. ``clear`` zeroes count, sum, maximum and ``overflow`` at once
+    and then sweeps the histogram memory one bin per cycle (``bins`` cycles, ``clearing`` high);
+    requests completing during the sweep are not recorded anywhere, so the statistics stay
+    consistent with each other (a read's first beat comes at least ``hbm_read_latency`` cycles
+    after the clear that precedes a run, so in practice nothing is lost). Up to ``depth`` read
+    requests may be in flight; more set ``overflow`` (the monitor then stops recording instead
+    of recording wrong latencies).
+
+    A memory rather than ``bins`` registers: registers cost a 32-bit adder and a mux per bin
+    every cycle in the simulator; the memory costs one.
 """
 
 from amaranth import *
 from amaranth.lib import data, fifo, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .params import RduParams
@@ -61,6 +71,7 @@ class LatencyMonitor(wiring.Component):
             "overflow": Out(1),
             "hist_index": In(range(bins)),
             "hist_count": Out(32),
+            "clearing": Out(1),
         })
 
     def elaborate(self, platform):
@@ -80,8 +91,13 @@ class LatencyMonitor(wiring.Component):
             m.d.sync += self.overflow.eq(1)
 
         beat_in_burst = Signal(8)
-        hist = Array(Signal(32, name=f"hist{i}") for i in range(self.bins))
-        m.d.comb += self.hist_count.eq(hist[self.hist_index])
+        m.submodules.hist = hist = Memory(shape=32, depth=self.bins, init=[])
+        host_rd = hist.read_port(domain="comb")
+        rec_rd = hist.read_port(domain="comb")
+        wr = hist.write_port()
+        m.d.comb += [host_rd.addr.eq(self.hist_index), self.hist_count.eq(host_rd.data)]
+        sweep = Signal(range(self.bins + 1), init=self.bins)   # == bins: not clearing
+        m.d.comb += self.clearing.eq(sweep != self.bins)
 
         # Pop the in-flight record on every rdata beat, clear or not, so the FIFO never desyncs.
         with m.If(self.rdata_fire & q.r_rdy):
@@ -98,15 +114,19 @@ class LatencyMonitor(wiring.Component):
             lat.eq(now - head.issued),
             b.eq(Mux(lat >= self.bins * self.bin_cycles, self.bins - 1, lat >> shift)),
         ]
+        m.d.comb += rec_rd.addr.eq(b)
         with m.If(self.clear):
-            m.d.sync += [self.count.eq(0), self.total.eq(0), self.max.eq(0), self.overflow.eq(0)]
-            m.d.sync += [h.eq(0) for h in hist]
+            m.d.sync += [self.count.eq(0), self.total.eq(0), self.max.eq(0), self.overflow.eq(0),
+                         sweep.eq(0)]
+        with m.Elif(self.clearing):
+            m.d.comb += [wr.addr.eq(sweep), wr.data.eq(0), wr.en.eq(1)]
+            m.d.sync += sweep.eq(sweep + 1)
         with m.Elif(self.rdata_fire & q.r_rdy & (beat_in_burst == 0) & ~self.overflow):
             m.d.sync += [
                 self.count.eq(self.count + 1),
                 self.total.eq(self.total + lat),
-                hist[b].eq(hist[b] + 1),
             ]
+            m.d.comb += [wr.addr.eq(b), wr.data.eq(rec_rd.data + 1), wr.en.eq(1)]
             with m.If(lat > self.max):
                 m.d.sync += self.max.eq(lat)
         assert self.bin_cycles & (self.bin_cycles - 1) == 0, "bin_cycles must be a power of two"
