@@ -11,3 +11,6 @@ from sw.compiler.graph import (Graph, GraphError, Node, Param, ParamRef, Tensor,
 
 __all__ = ["Graph", "GraphError", "Node", "Param", "ParamRef", "Tensor", "build_graph", "execute",
            "run_graph"]
+from sw.compiler.layout import HbmLayout, LayoutError, Region, plan_layout  # noqa: E402
+
+__all__ += ["HbmLayout", "LayoutError", "Region", "plan_layout"]

@@ -124,8 +124,9 @@ class Param:
     ``refs`` the QuantModel arrays it is made of (``(w,)``, or ``(m, s)`` for ``words``),
     ``shape``/``bits`` its logical shape and element width in HBM. ``access``: ``whole`` (read
     entirely by its node), ``row`` (one row per step: the token's embedding, the position's
-    cos/sin). ``resident``: a table shared by every layer, read once per step into a PMU and
-    kept there (counted once per token, not per node)."""
+    cos/sin). ``resident``: shared by every layer and read once per step into a PMU, kept there
+    for the step (counted once per token, not per node): the rsqrt, exp and reciprocal tables
+    and the step's RoPE row."""
     name: str
     layer: int
     encoding: str
@@ -377,7 +378,8 @@ class Graph:
         """Logical HBM bytes read by one step at ``pos``: every node, resident tables once.
         (The layout's figures add beat and row padding.)"""
         return (sum(n.hbm_read_bytes(pos) for n in self.nodes)
-                + sum(p.nbytes for p in self.resident_params()))
+                + sum(p.row_nbytes if p.access == "row" else p.nbytes
+                      for p in self.resident_params()))
 
     def describe(self, pos: int = 0) -> str:
         """One line per node: name, kind, inputs -> outputs (shape, bits), HBM bytes read at
@@ -397,8 +399,9 @@ class Graph:
                          + (f"  [{prm}]" if prm else ""))
         res = self.resident_params()
         if res:
-            lines.append("  * resident tables, read once per step: " + ", ".join(
-                f"{p.name} {p.nbytes:,} B" for p in res))
+            lines.append("  * resident on chip for the step, read once per step: " + ", ".join(
+                f"{p.name} {p.row_nbytes if p.access == 'row' else p.nbytes:,} B"
+                + (" (one row)" if p.access == "row" else "") for p in res))
         per_layer = sum(n.hbm_read_bytes(pos) for n in self.layer_nodes(0))
         lines.append(f"HBM read per step at pos {pos}: {self.hbm_read_bytes(pos):,} B "
                      f"(layer 0: {per_layer:,} B; logical, without padding)")
@@ -426,8 +429,8 @@ def build_graph(qm: QuantModel) -> Graph:
         return Param(name, layer, "rows", (ParamRef(attr, layer),), tuple(shape), bits, access)
 
     def words(name, stem, layer, shape):
-        return Param(name, layer, "words", (ParamRef(stem + "_m", layer), ParamRef(stem + "_s", layer)),
-                     tuple(shape), 32)
+        refs = (ParamRef(stem + "_m", layer), ParamRef(stem + "_s", layer))
+        return Param(name, layer, "words", refs, tuple(shape), 32)
 
     def table(name, attr, layer, shape, bits, access="whole", resident=False):
         return Param(name, layer, "array", (ParamRef(attr, layer),), tuple(shape), bits, access,
@@ -436,8 +439,9 @@ def build_graph(qm: QuantModel) -> Graph:
     rsqrt = table("rsqrt", "rsqrt", -1, qm.rsqrt.shape, 32, resident=True)
     recip = table("recip", "recip", -1, qm.recip.shape, 32, resident=True)
     exp_t = table("exp", "exp", -1, qm.exp.shape, 32, resident=True)
-    cos = table("rope_cos", "rope_cos", -1, qm.rope_cos.shape, 16, access="row")
-    sin = table("rope_sin", "rope_sin", -1, qm.rope_sin.shape, 16, access="row")
+    # every layer rotates with the same row (the step's position): fetched once per step
+    cos = table("rope_cos", "rope_cos", -1, qm.rope_cos.shape, 16, access="row", resident=True)
+    sin = table("rope_sin", "rope_sin", -1, qm.rope_sin.shape, 16, access="row", resident=True)
     norm_consts = ("ss_shift", "eps_int", "rsqrt_bits")
 
     def act(name, shape, bits, trace=None):
@@ -542,7 +546,8 @@ class _NodeView:
     tables and declared consts, nothing else."""
 
     def __init__(self, node: Node, qm: QuantModel, bound: dict):
-        d = {attr: bound[role][0] for attr, role in _TABLE_ROLES.get(node.kind, {}).items()}
+        d = {attr: bound[role][0] for attr, role in _TABLE_ROLES.get(node.kind, {}).items()
+             if role in bound}
         d.update({name: getattr(qm, name) for name in node.consts})
         self.__dict__["_node"] = node.name
         self.__dict__["_attrs"] = d
