@@ -161,7 +161,9 @@ from amaranth import *
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
+from . import shared
 from .bus import config_bus_signature
+from .shared import UNIT_ID_BITS
 from .fu import Fu, FuOp, OutBits
 from .links import control_link, scalar_link, unit_control_signature, vector_link
 from .params import RduParams
@@ -270,11 +272,17 @@ def stage_cfg(op, a=Src.PREV, b=Src.ZERO, c=Src.ZERO, bits=32, acc_op=AccOp.SUM,
 class Pcu(wiring.Component):
     """Pattern Compute Unit; see the module docstring for the full contract."""
 
-    def __init__(self, params: RduParams, unit_id: int):
+    def __init__(self, params: RduParams, unit_id: int | None):
+        """``unit_id=None``: the id is an input port ``unit_id`` (see :mod:`hdl.shared`)."""
         self.params = params
-        self.unit_id = unit_id
         g = self.geom = pcu_geometry(params)
+        members = {}
+        if unit_id is None:
+            members["unit_id"] = In(UNIT_ID_BITS)
+        else:
+            self.unit_id = unit_id
         super().__init__({
+            **members,
             "vin": In(vector_link(params)).array(g["n_vin"]),
             "sin": In(scalar_link(params)).array(g["n_sin"]),
             "vout": Out(vector_link(params)),
@@ -286,6 +294,8 @@ class Pcu(wiring.Component):
         })
 
     def elaborate(self, platform):
+        if shared.active() and isinstance(self.unit_id, int):
+            return shared.instance(self, "", lambda: Pcu(self.params, None))
         m = Module()
         g = self.geom
         L, S, NV, NS, NC = g["lanes"], g["stages"], g["n_vin"], g["n_sin"], g["n_ctr"]

@@ -154,6 +154,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .addrgen import AffineAddrGen
+from . import shared
+from .shared import UNIT_ID_BITS
 from .bus import config_bus_signature
 from .links import control_link, scalar_link, unit_control_signature, vector_link
 from .params import RduParams
@@ -251,18 +253,24 @@ def _log2(x):
 class Pmu(wiring.Component):
     """See the module docstring for the cycle-level contract and the register map."""
 
-    def __init__(self, params: RduParams, unit_id: int, *, n_counters: int | None = None,
+    def __init__(self, params: RduParams, unit_id: int | None, *, n_counters: int | None = None,
                  max_buffers: int | None = None):
+        """``unit_id=None``: the id is an input port ``unit_id`` (see :mod:`hdl.shared`)."""
         p = self.params = params
         if p.pmu_banks != p.lanes:
             raise ValueError("Pmu needs pmu_banks == lanes (lane i of a beat lives in bank i)")
-        self.unit_id = unit_id
+        members = {}
+        if unit_id is None:
+            members["unit_id"] = In(UNIT_ID_BITS)
+        else:
+            self.unit_id = unit_id
         self.n_counters = n_counters or getattr(p, "pmu_counters", 3)
         self.max_buffers = max_buffers or getattr(p, "pmu_max_buffers", 4)
         if not 1 <= self.n_counters <= PMU_MAX_COUNTERS:
             raise ValueError(f"Pmu supports 1..{PMU_MAX_COUNTERS} counters")
         self.depth = pmu_depth(p)
         super().__init__({
+            **members,
             "cfg": In(config_bus_signature()),
             "ctrl": In(unit_control_signature()),
             "win": In(vector_link(p)),
@@ -277,6 +285,11 @@ class Pmu(wiring.Component):
         })
 
     def elaborate(self, platform):
+        if shared.active() and isinstance(self.unit_id, int):
+            return shared.instance(
+                self, f"{self.n_counters},{self.max_buffers}",
+                lambda: Pmu(self.params, None, n_counters=self.n_counters,
+                            max_buffers=self.max_buffers))
         p = self.params
         m = Module()
         L, D, NC, NB = p.lanes, self.depth, self.n_counters, self.max_buffers

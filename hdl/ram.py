@@ -9,7 +9,7 @@ Contents start at zero.
 Why two forms: ``lib.memory.Memory`` always carries an init value, which Amaranth emits as one
 constant of ``width x depth`` bits — for the 2 MiB HBM store a 16-Mbit constant that takes
 tens of seconds to emit and to pass through Yosys. Under Amaranth's simulator the unit is a
-``lib.memory.Memory``; when :func:`verilog_blackboxes` is active (``tb/runner.py`` does this when
+``lib.memory.Memory``; when :func:`hdl.shared.verilog_blackboxes` is active (``tb/runner.py`` does this when
 it generates Verilog) it is an instance of ``minirdu_wide_ram`` from :data:`VERILOG_SOURCE`,
 which zeroes itself with a loop in an ``initial`` block (a few lines instead of 16 Mbit).
 """
@@ -21,14 +21,15 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["WideRam", "verilog_blackboxes", "VERILOG_SOURCE"]
+__all__ = ["WideRam", "use_verilog", "VERILOG_SOURCE"]
 
 _USE_VERILOG = [False]
 
 
 @contextlib.contextmanager
-def verilog_blackboxes():
-    """Within this context, :class:`WideRam` elaborates to the Verilog module below."""
+def use_verilog():
+    """Within this context, :class:`WideRam` elaborates to the Verilog module below
+    (:func:`hdl.shared.verilog_blackboxes` enters it and adds :data:`VERILOG_SOURCE`)."""
     old = _USE_VERILOG[0]
     _USE_VERILOG[0] = True
     try:

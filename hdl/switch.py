@@ -93,6 +93,8 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from . import shared
+from .shared import UNIT_ID_BITS
 from .bus import config_bus_signature
 from .links import control_link, scalar_link, vector_link
 from .params import RduParams
@@ -186,15 +188,18 @@ class Switch(wiring.Component):
     (``{net: count}``) give a full switch (all directions, all tracks, via :func:`full_ports`).
     """
 
-    def __init__(self, params: RduParams, unit_id: int, *, ports: dict | None = None,
+    def __init__(self, params: RduParams, unit_id: int | None, *, ports: dict | None = None,
                  local_in: dict | None = None, local_out: dict | None = None):
         self.params = params
-        self.unit_id = unit_id
+        if unit_id is not None:
+            self.unit_id = unit_id
         if ports is None:
             ports = full_ports(params, local_in or {}, local_out or {})
         self.ports = {net: (tuple(ports.get(net, ((), ()))[0]), tuple(ports.get(net, ((), ()))[1]))
                       for net in NETS}
         members = {"cfg": In(config_bus_signature()), "held": Out(1)}
+        if unit_id is None:
+            members["unit_id"] = In(UNIT_ID_BITS)
         for net in NETS:
             ins, outs = self.ports[net]
             for names in (ins, outs):
@@ -215,6 +220,9 @@ class Switch(wiring.Component):
         return getattr(self, f"{net}_out_{port}")
 
     def elaborate(self, platform):
+        if shared.active() and isinstance(self.unit_id, int):
+            return shared.instance(self, repr(sorted(self.ports.items())),
+                                   lambda: Switch(self.params, None, ports=self.ports))
         m = Module()
         cfg_hit = Signal()
         m.d.comb += cfg_hit.eq(self.cfg.we & (self.cfg.unit == self.unit_id))

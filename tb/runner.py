@@ -101,13 +101,14 @@ class SimTop(wiring.Component):
         return m
 
 
-def _verilog_text(component, name: str) -> str:
-    """Verilog of ``component`` (inside :class:`SimTop`) plus the behavioural modules its black
-    boxes instantiate."""
-    from hdl.ram import verilog_blackboxes
+def _verilog_text(component, name: str) -> tuple[str, list[str]]:
+    """Verilog of ``component`` (inside :class:`SimTop`) plus the modules its black boxes and
+    shared units instantiate (:mod:`hdl.shared`), and the Verilator configuration lines those
+    need."""
+    from hdl.shared import verilog_blackboxes
     with verilog_blackboxes() as extra:
         text = verilog.convert(SimTop(component), name=name, emit_src=False)
-    return text + "\n" + extra
+    return text + "\n" + extra.verilog(), extra.no_inline_lines()
 
 
 def _source_fingerprint(component) -> str:
@@ -127,7 +128,7 @@ def _source_fingerprint(component) -> str:
     return h.hexdigest()
 
 
-_RUNNER_FLAVOUR = "no-public-flat-rw,ports.vlt,SimTop"     # part of the cache key
+_RUNNER_FLAVOUR = "no-public-flat-rw,ports.vlt,SimTop,shared"     # part of the cache key
 
 
 def _port_visibility(component, name: str) -> str:
@@ -204,9 +205,10 @@ def _build_locked(component, name, bdir, vfile, marker, flags, waves) -> Build:
     if bdir.exists():
         shutil.rmtree(bdir)
     bdir.mkdir(parents=True)
-    vfile.write_text(_verilog_text(component, name))
+    text, vlt_lines = _verilog_text(component, name)
+    vfile.write_text(text)
     vlt = bdir / "ports.vlt"
-    vlt.write_text(_port_visibility(component, name))
+    vlt.write_text(_port_visibility(component, name) + "".join(f"{ln}\n" for ln in vlt_lines))
     runner = _runner()
     runner.build(sources=[vfile], hdl_toplevel=name, build_dir=bdir, build_args=[*flags, str(vlt)],
                  waves=waves, always=True, log_file=bdir / "build.log")
