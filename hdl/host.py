@@ -36,12 +36,17 @@ CONFIG_CTRL           R/W  bit 0 (W): start the config controller; bit 1 (R/W, s
                            ``h2c`` to the config controller instead of the DMA engine
 CONFIG_STATUS         R    bit 0 busy, bits 7:4 :class:`~sw.bitstream.ConfigStatus` of the last
                            load, bits 31:16 number of register writes it made
-RUN_ITER              R/W  iteration index handed to the units started by RUN_START
-RUN_START             W    start every unit whose bit is set in RUN_MASK (one-cycle pulse)
-RUN_STATUS            R    bit 0 some masked unit busy; bit 1 every masked unit has finished
-                           (pulsed ``done``) since the last RUN_START (also the ``run_done`` pin)
-UNIT_SEL              R/W  unit id whose status UNIT_STATUS shows
+RUN_ITER              R/W  first iteration index of the kernel call started by RUN_START
+RUN_START             W    launch a kernel call: every unit whose bit is set in RUN_MASK runs
+                           iterations RUN_ITER .. RUN_ITER + RUN_COUNT - 1 under the looping
+                           sequencer (:mod:`hdl.sequencer`: each unit runs ahead as far as its
+                           UNIT_DEP allows)
+RUN_STATUS            R    bit 0 some masked unit busy; bit 1 the call has finished: every
+                           masked unit completed RUN_COUNT iterations (also the ``run_done`` pin)
+RUN_COUNT             R/W  iterations per call (reset 1; 0 counts as 1)
+UNIT_SEL              R/W  unit id whose status UNIT_STATUS shows and UNIT_DEP addresses
 UNIT_STATUS           R    status code of unit UNIT_SEL (bits 3:0), busy (bit 4)
+UNIT_DEP              R/W  dependence register of unit UNIT_SEL (:func:`hdl.sequencer.dep_word`)
 RUN_MASK0 + k         R/W  bit i: unit id ``32k + i`` takes part in RUN_START
 RUN_BUSY0 + k         R    bit i: unit id ``32k + i`` busy
 COUNTER_BASE + 2k     R    counter k, bits 31:0 (see :data:`COUNTERS`)
@@ -54,8 +59,8 @@ the runtime turns it into an exception. STATUS bit 3: config controller busy.
 
 Unit control: units are addressed by their config-bus unit id (``hdl/unitmap.py``). Each unit
 that runs programs has a unit-control interface (``hdl/links.py``); the chip ties ``busy``,
-``done`` and ``status`` of ids without one (switches) to zero. RUN_START is the host's way to
-launch a kernel until the looping sequencer takes over.
+``done`` and ``status`` of ids without one (switches) to zero. Kernel calls go through the
+looping sequencer (:class:`hdl.sequencer.LoopSequencer`), which this interface contains.
 """
 
 import enum
@@ -68,6 +73,7 @@ from .bus import config_bus_signature, hbm_port_signature, hbm_stats_signature
 from .dma import DmaEngine
 from .params import RduParams
 from .perf import EventCounters
+from .sequencer import LoopSequencer
 
 __all__ = ["HostInterface", "Csr", "ErrorCode", "error_code_unit", "counter_names",
            "csr_bus_signature", "EXT_BASE", "CHIP_ID"]
@@ -97,6 +103,8 @@ class Csr(enum.IntEnum):
     RUN_STATUS = 0x032
     UNIT_SEL = 0x033
     UNIT_STATUS = 0x034
+    RUN_COUNT = 0x035
+    UNIT_DEP = 0x036
     RUN_MASK0 = 0x040
     RUN_BUSY0 = 0x050
     COUNTER_BASE = 0x100
@@ -116,7 +124,8 @@ def error_code_unit(unit: int, status: int) -> int:
 
 
 def counter_names(p: RduParams) -> list[str]:
-    names = ["cycles", "hbm_busy_cycles", "dma_busy_cycles", "run_busy_cycles"]
+    names = ["cycles", "hbm_busy_cycles", "dma_busy_cycles", "run_busy_cycles",
+             "dep_stall_cycles", "launches"]
     for c in range(p.hbm_channels):
         names += [f"ch{c}_rd_beats", f"ch{c}_wr_beats", f"ch{c}_refresh_cycles",
                   f"ch{c}_row_misses"]
@@ -185,12 +194,15 @@ class HostInterface(wiring.Component):
 
         names = counter_names(p)
         m.submodules.counters = ctr = EventCounters(len(names))
+        m.submodules.sequencer = seq = LoopSequencer(self.n_units)
         stats = self.hbm_stats
         events = {
             "cycles": C(1, 1),
             "hbm_busy_cycles": (stats.rd_beat | stats.wr_beat).any(),
             "dma_busy_cycles": dma.busy,
             "run_busy_cycles": self.unit_busy.any(),
+            "dep_stall_cycles": seq.dep_stall,
+            "launches": seq.launches,
         }
         for c in range(p.hbm_channels):
             events[f"ch{c}_rd_beats"] = stats.rd_beat[c]
@@ -205,9 +217,9 @@ class HostInterface(wiring.Component):
         cfg_unit = Signal(8)
         cfg_addr = Signal(8)
         run_iter = Signal(16)
+        run_count = Signal(16, init=1)
         n_mask_words = (self.n_units + 31) // 32
         run_mask = Signal(32 * n_mask_words)
-        finished = Signal(self.n_units)
         unit_sel = Signal(8)
         cc_length = Signal(32)
         cc_status = Signal(4)
@@ -217,20 +229,20 @@ class HostInterface(wiring.Component):
 
         m.d.comb += [
             dma.addr.eq(dma_addr), dma.beats.eq(dma_beats),
-            self.unit_iteration.eq(run_iter),
+            self.unit_iteration.eq(seq.unit_iteration),
+            self.unit_start.eq(seq.unit_start),
+            seq.unit_done.eq(self.unit_done),
+            seq.mask.eq(mask), seq.base.eq(run_iter), seq.count.eq(run_count),
+            seq.dep_rd_unit.eq(unit_sel),
             self.ext_addr.eq(self.csr.addr),
             self.cc_length.eq(cc_length),
-            self.run_done.eq((mask != 0) & ((finished & mask) == mask)),
+            self.run_done.eq(seq.done),
         ]
         with m.If(self.cc_done):
             m.d.sync += cc_status.eq(self.cc_status)
 
-        # Which masked units have pulsed done since the last RUN_START.
         run_start = Signal()
-        with m.If(run_start):
-            m.d.sync += finished.eq(0)
-        with m.Else():
-            m.d.sync += finished.eq(finished | self.unit_done)
+        m.d.comb += seq.launch.eq(run_start)
 
         # Error latch: the first error wins until cleared.
         # A unit's status is final at its done pulse and held until its next start, so the latch
@@ -262,7 +274,7 @@ class HostInterface(wiring.Component):
         with m.Else():
             m.d.comb += [self.cfg.we.eq(dbg_we), self.cfg.unit.eq(cfg_unit),
                          self.cfg.addr.eq(cfg_addr), self.cfg.data.eq(dbg_data)]
-        m.d.comb += [self.unit_start.eq(Mux(run_start, mask, 0)), self.counters_clear.eq(0),
+        m.d.comb += [self.counters_clear.eq(0),
                      ctr.clear.eq(0)]
         with m.If(csr.w_en):
             with m.Switch(csr.addr):
@@ -293,6 +305,11 @@ class HostInterface(wiring.Component):
                     m.d.comb += run_start.eq(1)
                 with m.Case(Csr.UNIT_SEL):
                     m.d.sync += unit_sel.eq(csr.w_data)
+                with m.Case(Csr.RUN_COUNT):
+                    m.d.sync += run_count.eq(csr.w_data)
+                with m.Case(Csr.UNIT_DEP):
+                    m.d.comb += [seq.dep_we.eq(1), seq.dep_unit.eq(unit_sel),
+                                 seq.dep_data.eq(csr.w_data)]
                 for k in range(n_mask_words):
                     with m.Case(Csr.RUN_MASK0 + k):
                         m.d.sync += run_mask[32 * k:32 * k + 32].eq(csr.w_data)
@@ -335,6 +352,10 @@ class HostInterface(wiring.Component):
                                              self.cc_writes))
                 with m.Case(Csr.RUN_ITER):
                     m.d.sync += r_reg.eq(run_iter)
+                with m.Case(Csr.RUN_COUNT):
+                    m.d.sync += r_reg.eq(run_count)
+                with m.Case(Csr.UNIT_DEP):
+                    m.d.sync += r_reg.eq(seq.dep_rd_data)
                 with m.Case(Csr.RUN_STATUS):
                     m.d.sync += r_reg.eq(Cat((self.unit_busy & mask).any(), self.run_done))
                 with m.Case(Csr.UNIT_SEL):

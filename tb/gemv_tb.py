@@ -3,7 +3,8 @@
 Arguments in ``MINIRDU_ARGS`` (JSON): ``params`` (RduParams dict) and ``cases``, a list of
 GEMV runs prepared by :func:`sw.kernels.cli.prepare_case` (files written by the host side):
 ``rbit`` (bitstream), ``w`` / ``x`` (HBM images), ``y_expected`` (golden int8 y), addresses
-``w_addr`` / ``x_addr`` / ``y_addr``, ``rows``, ``units`` (ids to start), ``watchdog``,
+``w_addr`` / ``x_addr`` / ``y_addr``, ``rows``, ``units`` (ids to start), ``calls`` (the kernel
+calls: iteration, count, dependences; one per layer or one looped call), ``watchdog``,
 ``result`` (JSON written per case).
 
 Per case: DMA W and x into HBM, load the bitstream, clear the counters, start all units
@@ -54,7 +55,10 @@ async def gemv(dut):
         await drv.clear_counters()
         r_wall0 = time.monotonic()
         r_sim0 = get_sim_time("ns")
-        await drv.run_units(case["units"], cycles=case["watchdog"], what=case.get("name", "gemv"))
+        for call in case.get("calls") or [{"iteration": 0, "count": 1, "deps": {}}]:
+            await drv.run_units(case["units"], iteration=call["iteration"], count=call["count"],
+                                deps=call["deps"], cycles=case["watchdog"],
+                                what=case.get("name", "gemv"))
         r_wall = time.monotonic() - r_wall0
         r_sim_cycles = (get_sim_time("ns") - r_sim0) / period
         counters = await drv.read_counters()

@@ -8,6 +8,7 @@ the first differing row.
 
 import random
 
+import numpy as np
 import pytest
 
 from sw.kernels.cli import prepare_case, run_cases
@@ -29,6 +30,16 @@ def _cases(tmp_path, shapes, P=P):
                                   name=f"gemv {rows}x{cols} pcus={pcus} seed={seed}"))
         kernels.append(k)
     return cases, kernels
+
+
+def _chain_case(tmp_path, dim, layers, pcus, seed, mode, P=P):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, size=(layers, dim, dim)).astype(np.int8)
+    x = rng.integers(-128, 128, size=dim).astype(np.int8)
+    m, s = choose_requant(w[0], x)
+    k = build_gemv(P, dim, dim, pcus=pcus, m=m, s=s, layers=layers)
+    return k, prepare_case(k, w, x, tmp_path / f"chain-{mode}",
+                           name=f"chain {layers}x{dim} {mode}", mode=mode)
 
 
 def _check(tmp_path, shapes, P=P):
@@ -90,3 +101,40 @@ def test_gemv_wrong_result_fails(tmp_path):
     results, _, _, err = run_cases(P, cases, tmp_path)
     assert err is not None and "1/64 rows differ, first row 17" in str(err)
     assert not results[0]["bit_exact"]
+
+
+def _run_chain(tmp_path, dim, layers, pcus):
+    """Both modes of one chain; returns {mode: cycles from the first launch to done}."""
+    res = {}
+    for mode in ("layer", "looped"):
+        k, case = _chain_case(tmp_path, dim, layers, pcus, 21, mode)
+        results, _, _, err = run_cases(P, [case], tmp_path / mode)
+        if err is not None:
+            raise err
+        r = results[0]
+        assert r["bit_exact"], (mode, r["first_mismatch"])
+        c = r["counters"]
+        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels))
+        assert rd * P.beat_bytes == layers * (dim * dim + dim), c   # each W once, each x once
+        assert c["launches"] == (layers if mode == "layer" else 1), c
+        assert (c["dep_stall_cycles"] > 0) == (mode == "looped"), c
+        res[mode] = r["run_sim_cycles"]     # first launch to last done, host writes included
+    return res
+
+
+@pytest.mark.parametrize("pcus", [1, 2])
+def test_gemv_chain_layer_and_looped_bit_exact(tmp_path, pcus):
+    """Four chained layers (x_{l+1} = requant(W_l x_l)) from one bitstream with per-iteration
+    AGCU offsets, called once per layer or once as a looped kernel under the sequencer: both
+    bit-exact, each W read once, one launch when looped."""
+    _run_chain(tmp_path, 128, 4, pcus)
+
+
+def test_gemv_chain_looped_hides_weight_fill(tmp_path):
+    """Looped, the next layer's weights stream while the current layer drains; only the x load
+    waits (for the y store it depends on, through HBM). With 256x256 layers that beats one
+    call per layer (measured 3,892 vs 4,232 cycles). With 128x128 split-K layers it does not
+    (2,141 vs 2,068): the prefetched weights then compete in the HBM queues with the y store
+    and x load on the critical path, and there is little fill left to hide."""
+    res = _run_chain(tmp_path, 256, 4, 2)
+    assert res["looped"] < res["layer"], res

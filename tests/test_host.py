@@ -199,9 +199,12 @@ def test_run_control_and_unit_errors():
         await csr_write(ctx, dut, Csr.RUN_ITER, 7)
         ctx.set(dut.csr.addr, Csr.RUN_START)
         ctx.set(dut.csr.w_en, 1)
-        assert ctx.get(dut.unit_start) == 0b1010 and ctx.get(dut.unit_iteration) == 7
+        assert ctx.get(dut.unit_start) == 0
         await ctx.tick()
         ctx.set(dut.csr.w_en, 0)
+        # the sequencer starts the call's units in the next cycle, all together
+        assert ctx.get(dut.unit_start) == 0b1010 and ctx.get(dut.unit_iteration) == 7
+        await ctx.tick()
         assert ctx.get(dut.unit_start) == 0
         ctx.set(dut.unit_busy, 0b1010)
         await ctx.tick()
@@ -223,6 +226,45 @@ def test_run_control_and_unit_errors():
         assert await csr_read(ctx, dut, Csr.ERROR) == 0x20 | (3 << 8) | 2
         await csr_write(ctx, dut, Csr.UNIT_SEL, 3)
         assert await csr_read(ctx, dut, Csr.UNIT_STATUS) == 2
+    simulate(bench)
+
+
+def test_looped_call_through_csrs():
+    """RUN_COUNT iterations per call; UNIT_DEP holds unit 2 back until unit 1 finished the
+    previous iteration, unit 1 runs ahead; the launch and the dependence stall are counted."""
+    from hdl.host import counter_names
+    from hdl.sequencer import dep_word
+
+    async def bench(ctx, dut, target):
+        await csr_write(ctx, dut, Csr.CONTROL, 1)          # clear counters
+        await csr_write(ctx, dut, Csr.UNIT_SEL, 2)
+        await csr_write(ctx, dut, Csr.UNIT_DEP, dep_word(1))
+        assert await csr_read(ctx, dut, Csr.UNIT_DEP) == dep_word(1)
+        await csr_write(ctx, dut, Csr.RUN_MASK0, 0b110)
+        await csr_write(ctx, dut, Csr.RUN_ITER, 4)
+        await csr_write(ctx, dut, Csr.RUN_COUNT, 2)
+        assert await csr_read(ctx, dut, Csr.RUN_COUNT) == 2
+        await csr_write(ctx, dut, Csr.RUN_START, 1)
+        assert ctx.get(dut.unit_start) == 0b110 and ctx.get(dut.unit_iteration) == 4
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0b100)                       # unit 2 finishes iteration 4
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0)
+        await ctx.tick()
+        assert ctx.get(dut.unit_start) == 0                 # waits for unit 1's iteration 4
+        ctx.set(dut.unit_done, 0b010)
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0)
+        assert ctx.get(dut.unit_start) == 0b110 and ctx.get(dut.unit_iteration) == 5
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0b110)
+        await ctx.tick()
+        ctx.set(dut.unit_done, 0)
+        assert ctx.get(dut.run_done) == 1
+        names = counter_names(RduParams())
+        launches = await csr_read(ctx, dut, Csr.COUNTER_BASE + 2 * names.index("launches"))
+        stalls = await csr_read(ctx, dut, Csr.COUNTER_BASE + 2 * names.index("dep_stall_cycles"))
+        assert launches == 1 and stalls == 2, (launches, stalls)
     simulate(bench)
 
 

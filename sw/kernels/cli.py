@@ -1,6 +1,7 @@
 """``rdu kernel gemv``: one GEMV kernel on the Verilator chip, checked against numpy.
 
-``rdu kernel gemv --rows R --cols C --seed S [--pcus K] [--out DIR] [--waves] [--reduced]``
+``rdu kernel gemv --rows R --cols C --seed S [--pcus K] [--layers N --mode layer|looped]
+[--out DIR] [--waves] [--reduced]``
 builds the bitstream (``sw/kernels/gemv.py``), keeps it as ``DIR/kernel.rbit`` (decode it with
 ``rdu inspect``), runs it on the chip through the host driver (``tb/gemv_tb.py``), compares
 ``y`` with ``intops.requant(intops.gemv(W, x))`` bit for bit, prints a summary and writes
@@ -20,8 +21,9 @@ from sw.cli import UserError, command
 __all__ = ["prepare_case", "run_cases", "run_gemv"]
 
 
-def prepare_case(kernel, w, x, out: Path, name: str = "gemv") -> dict:
-    """Write the files the testbench reads for one kernel run; return the case dict."""
+def prepare_case(kernel, w, x, out: Path, name: str = "gemv", mode: str = "looped") -> dict:
+    """Write the files the testbench reads for one kernel run; return the case dict. ``mode``:
+    how a multi-layer kernel is called (:meth:`sw.kernels.gemv.GemvKernel.calls`)."""
     from sw.kernels.gemv import golden
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -35,6 +37,7 @@ def prepare_case(kernel, w, x, out: Path, name: str = "gemv") -> dict:
     return {"name": name, **{k: str(v.resolve()) for k, v in files.items()},
             "w_addr": lay.w, "x_addr": lay.x, "y_addr": lay.y, "rows": kernel.rows,
             "units": kernel.unit_ids, "watchdog": kernel.watchdog_cycles(),
+            "calls": kernel.calls(mode),
             "result": str((out / "tb_result.json").resolve())}
 
 
@@ -70,14 +73,20 @@ def run_cases(p, cases, test_dir: Path, *, waves: bool = False, build=None):
     return results, b, (json.loads(summary.read_text()) if summary.exists() else {}), err
 
 
-def run_gemv(p, rows: int, cols: int, seed: int, pcus: int, out: Path, waves: bool = False):
-    """Build, run and check one GEMV; returns the result dict (also written to result.json)."""
+def run_gemv(p, rows: int, cols: int, seed: int, pcus: int, out: Path, waves: bool = False,
+             layers: int = 1, mode: str = "looped"):
+    """Build, run and check one GEMV (or a chain of ``layers`` square GEMVs called per
+    ``mode``); returns the result dict (also written to result.json)."""
     from sw.kernels.gemv import build_gemv, choose_requant, make_data
     out = Path(out)
     w, x = make_data(rows, cols, seed)
-    m, s = choose_requant(w, x)
-    kernel = build_gemv(p, rows, cols, pcus=pcus, m=m, s=s)
-    case = prepare_case(kernel, w, x, out)
+    if layers > 1:
+        rng = np.random.default_rng(seed + 1)
+        w = np.stack([w] + [rng.integers(-128, 128, size=(rows, cols)).astype(np.int8)
+                            for _ in range(layers - 1)])
+    m, s = choose_requant(w if layers == 1 else w[0], x)
+    kernel = build_gemv(p, rows, cols, pcus=pcus, m=m, s=s, layers=layers)
+    case = prepare_case(kernel, w, x, out, mode=mode)
     (out / "kernel.txt").write_text(kernel.builder.describe() + "\n")
     b, build_s = build_chip(p, waves)
     t0 = time.monotonic()
@@ -91,6 +100,9 @@ def run_gemv(p, rows: int, cols: int, seed: int, pcus: int, out: Path, waves: bo
     hbm_bytes = beats * p.beat_bytes
     res = {
         "pattern": "gemv", "rows": rows, "cols": cols, "pcus": pcus, "seed": seed,
+        "layers": layers, "mode": mode, "launches": c["launches"],
+        "cycles_first_launch_to_done": round(tb["run_sim_cycles"]),
+        "dep_stall_cycles": c["dep_stall_cycles"],
         "bit_exact": tb["bit_exact"], "mismatches": tb["mismatches"],
         "first_mismatch": tb["first_mismatch"],
         "cycles": cycles,
@@ -157,6 +169,10 @@ def _gemv(parser):
     parser.add_argument("--cols", type=int, required=True,
                         help="columns of W (= length of x), a multiple of 64")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=1,
+                        help="a chain of N square GEMVs x_{l+1} = requant(W_l x_l) (rows == cols)")
+    parser.add_argument("--mode", choices=["layer", "looped"], default="looped",
+                        help="with --layers: one kernel call per layer, or one looped call")
     parser.add_argument("--pcus", type=int, default=None,
                         help="weight-streaming PCUs: 1, or 2 (split-K; default when cols >= 128)")
     parser.add_argument("--out", type=Path, default=None,
@@ -177,14 +193,16 @@ def _gemv(parser):
             raise UserError(f"--rows and --cols must be multiples of {p.beat_bytes}")
         pcus = args.pcus if args.pcus is not None else (2 if args.cols >= 2 * p.beat_bytes else 1)
         try:
-            layout(p, args.rows, args.cols)
-            build_gemv(p, args.rows, args.cols, pcus=pcus, m=1, s=0)   # validate cheaply
+            layout(p, args.rows, args.cols, args.layers)
+            build_gemv(p, args.rows, args.cols, pcus=pcus, m=1, s=0,   # validate cheaply
+                       layers=args.layers)
         except (GemvError, KernelError) as e:
             raise UserError(str(e)) from None
         out = args.out or Path("sim_results") / time.strftime(f"gemv-{args.rows}x{args.cols}-%Y%m%d-%H%M%S")
         print(f"gemv {args.rows}x{args.cols}, {pcus} PCU(s), seed {args.seed}, "
               f"{p.grid_rows}x{p.grid_cols} chip; building the chip RTL (cached) ...", flush=True)
-        res = run_gemv(p, args.rows, args.cols, args.seed, pcus, out, waves=args.waves)
+        res = run_gemv(p, args.rows, args.cols, args.seed, pcus, out, waves=args.waves,
+                       layers=args.layers, mode=args.mode)
         print((out / "kernel.txt").read_text().rstrip())
         print(f"bit_exact: {res['bit_exact']}"
               + ("" if res["bit_exact"] else f" ({res['mismatches']} rows differ, first "
@@ -192,6 +210,11 @@ def _gemv(parser):
         print(f"cycles: {res['cycles']}  HBM bytes: {res['hbm_bytes']}  utilisation: "
               f"{100 * res['hbm_utilization']:.1f}% of {p.hbm_peak_bytes_per_cycle} B/cycle  "
               f"sim: {res['sim_cycles_per_second']:.0f} cycles/s")
+        if args.layers > 1:
+            print(f"{args.layers} layers, mode {args.mode}: {res['launches']} launch(es), "
+                  f"{res['cycles_first_launch_to_done']} cycles from the first launch to done "
+                  f"({res['cycles_first_launch_to_done'] / args.layers:.0f} per layer), "
+                  f"dependence stalls {res['dep_stall_cycles']} cycles")
         print(f"bitstream: {out / 'kernel.rbit'}  result: {out / 'result.json'}")
         if args.waves:
             print(f"waves: {', '.join(res.get('vcd') or ['(no VCD found)'])}"

@@ -73,15 +73,18 @@ def _align(v, a):
     return -(-v // a) * a
 
 
-def layout(p: RduParams, rows: int, cols: int) -> GemvLayout:
+def layout(p: RduParams, rows: int, cols: int, layers: int = 1) -> GemvLayout:
+    """W of every layer (one after the other), then x, then y of every layer. With several
+    layers y of layer ``l`` is x of layer ``l + 1``: x and the y's form one activation array,
+    layer ``l`` reads beat ``x / beat_bytes + l * cols / beat_bytes`` onwards."""
     bb = p.beat_bytes
     w = 0
-    x = _align(w + rows * cols, bb)
+    x = _align(w + layers * rows * cols, bb)
     y = _align(x + cols, bb)
-    end = _align(y + rows, bb)
+    end = _align(y + layers * _align(rows, bb), bb)
     if end > p.hbm_bytes:
-        raise GemvError(f"W ({rows}x{cols} = {rows * cols} B) + x + y need {end} B of HBM; the "
-                        f"chip has {p.hbm_bytes} B")
+        raise GemvError(f"W ({layers} x {rows}x{cols} = {layers * rows * cols} B) + x + y need "
+                        f"{end} B of HBM; the chip has {p.hbm_bytes} B")
     return GemvLayout(w, x, y, end)
 
 
@@ -101,7 +104,16 @@ def choose_requant(w, x) -> tuple[int, int]:
 
 
 def golden(w, x, m: int, s: int) -> np.ndarray:
-    return intops.requant(intops.gemv(w, x), m, s, 8).astype(np.int8)
+    """y = requant(W x); for W of shape (layers, rows, cols) the chain x_{l+1} = requant(W_l
+    x_l), all layers' outputs concatenated."""
+    w = np.asarray(w)
+    if w.ndim == 2:
+        return intops.requant(intops.gemv(w, x), m, s, 8).astype(np.int8)
+    ys = []
+    for wl in w:
+        x = intops.requant(intops.gemv(wl, x), m, s, 8).astype(np.int8)
+        ys.append(x)
+    return np.concatenate(ys)
 
 
 @dataclass
@@ -117,13 +129,34 @@ class GemvKernel:
     builder: KernelBuilder
     roles: dict = field(default_factory=dict)      # role -> unit name
     w_blocks: list = field(default_factory=list)   # column blocks (in beats) of the W image
+    layers: int = 1
 
     def w_image(self, w) -> bytes:
-        """The bytes of W as the kernel expects them in HBM at ``layout.w``."""
+        """The bytes of W (one layer, or (layers, rows, cols)) as the kernel expects them in HBM
+        at ``layout.w``: layer after layer."""
         bb = self.params.beat_bytes
         w = np.asarray(w, dtype=np.int8)
+        if w.ndim == 3:
+            return b"".join(self.w_image(wl) for wl in w)
         return b"".join(np.ascontiguousarray(w[:, a * bb:b * bb]).tobytes()
                         for a, b in self.w_blocks)
+
+    def calls(self, mode: str) -> list[dict]:
+        """The kernel calls that run every layer: ``layer`` = one call per layer (each pays the
+        launch, the fill and the drain), ``looped`` = one call of ``layers`` iterations in which
+        only the true dependence waits: the x load of layer ``l + 1`` after the y store of
+        layer ``l`` (through HBM); weights of the next layer stream as soon as their AGCU is
+        free."""
+        if mode == "layer":
+            return [{"iteration": l, "count": 1, "deps": {}} for l in range(self.layers)]
+        if mode == "looped":
+            from hdl.sequencer import dep_word
+            ids = {u.name: u.id for u in units_of_kind(self.params, "agcu")}
+            deps = {}
+            if self.layers > 1:
+                deps[ids[self.roles["x"]]] = dep_word(ids[self.roles["y"]])
+            return [{"iteration": 0, "count": self.layers, "deps": deps}]
+        raise GemvError(f"unknown mode {mode!r} (layer or looped)")
 
     @property
     def w_layout(self) -> str:
@@ -135,12 +168,13 @@ class GemvKernel:
 
     @property
     def hbm_bytes(self) -> int:
-        """Bytes the kernel moves between HBM and the chip (W, x once, y)."""
+        """Bytes the kernel moves between HBM and the chip (per layer: W, x once, y)."""
         bb = self.params.beat_bytes
-        return (self.rows * self.cols + _align(self.cols, bb) + _align(self.rows, bb))
+        return self.layers * (self.rows * self.cols + _align(self.cols, bb)
+                              + _align(self.rows, bb))
 
     def watchdog_cycles(self) -> int:
-        return 8 * self.rows * (self.cols // self.params.beat_bytes) + 20_000
+        return self.layers * (8 * self.rows * (self.cols // self.params.beat_bytes) + 20_000)
 
     def to_bytes(self) -> bytes:
         return self.builder.to_bytes()
@@ -178,9 +212,15 @@ def place(p: RduParams, pcu_roles, pmu_roles, edges, agcu_pos, try_route):
 
 
 def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: int,
-               name: str = "gemv") -> GemvKernel:
-    """Build the GEMV kernel (see the module docstring for the mapping)."""
+               name: str = "gemv", layers: int = 1) -> GemvKernel:
+    """Build the GEMV kernel (see the module docstring for the mapping). ``layers > 1``: a
+    chain of square GEMVs, iteration ``l`` reads W_l and x_l = y_{l-1} through per-iteration
+    AGCU offsets (the same bitstream serves every layer)."""
     bb = p.beat_bytes
+    if layers < 1:
+        raise GemvError("layers must be >= 1")
+    if layers > 1 and rows != cols:
+        raise GemvError(f"a chain of layers needs square W (rows == cols), not {rows}x{cols}")
     if rows < 1 or cols < 1:
         raise GemvError("rows and cols must be positive")
     if cols % bb:
@@ -197,9 +237,14 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
         raise GemvError(f"split-K over 2 PCUs needs cols >= {2 * bb}")
     if p.n_agcus < 3 + (pcus == 2):
         raise GemvError(f"the mapping needs {3 + (pcus == 2)} AGCUs; the chip has {p.n_agcus}")
-    lay = layout(p, rows, cols)
+    lay = layout(p, rows, cols, layers)
     wb, xb, yb = lay.w // bb, lay.x // bb, lay.y // bb
     ybeats = -(-rows // bb)
+    # per-iteration offsets (0 for a single layer) and the regions every layer's addresses need
+    w_it, x_it, y_it = rows * nb, nb, ybeats
+    w_reg = {"iter_stride": w_it, "region": (wb, layers * rows * nb)} if layers > 1 else {}
+    x_reg = {"iter_stride": x_it, "region": (xb, layers * nb)} if layers > 1 else {}
+    y_reg = {"iter_stride": y_it, "region": (yb, layers * ybeats)} if layers > 1 else {}
     agcus = {u.index: u.pos for u in units_of_kind(p, "agcu")}
 
     if pcus == 1:
@@ -218,9 +263,9 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
         P = {r: f"pcu{i}" for r, i in pc.items()}
         M = {r: f"pmu{i}" for r, i in pm.items()}
         if pcus == 1:
-            kb.agcu(ag["W"], AgcuProgram.read(wb, (rows * nb,), (1,)), role="W stream")
-            kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,)), role="x load")
-            kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,)), role="y store")
+            kb.agcu(ag["W"], AgcuProgram.read(wb, (rows * nb,), (1,), **w_reg), role="W stream")
+            kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,), **x_reg), role="x load")
+            kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,), **y_reg), role="y store")
             kb.pmu(pm["M"], PmuConfig.resident_vector(nb, repeat=rows), role="x resident",
                    summary=f"x: {nb} beats written once, read {rows} times")
             kb.pcu(pc["P"], PcuConfig.gemv(p, rows, nb, m=m, s=s, out_bits=8), role="gemv",
@@ -233,15 +278,17 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
             kl = nb // 2
             kr = nb - kl
             if w_blocks == [(0, nb)]:      # row-major W: 2-counter programs
-                kb.agcu(ag["WL"], AgcuProgram.read(wb, (kl, rows), (1, nb)), role="W left")
-                kb.agcu(ag["WR"], AgcuProgram.read(wb + kl, (kr, rows), (1, nb)),
+                kb.agcu(ag["WL"], AgcuProgram.read(wb, (kl, rows), (1, nb), **w_reg),
+                        role="W left")
+                kb.agcu(ag["WR"], AgcuProgram.read(wb + kl, (kr, rows), (1, nb), **w_reg),
                         role="W right")
             else:                           # column blocks, each row-major: sequential reads
-                kb.agcu(ag["WL"], AgcuProgram.read(wb, (kl * rows,), (1,)), role="W left")
-                kb.agcu(ag["WR"], AgcuProgram.read(wb + kl * rows, (kr * rows,), (1,)),
+                kb.agcu(ag["WL"], AgcuProgram.read(wb, (kl * rows,), (1,), **w_reg),
+                        role="W left")
+                kb.agcu(ag["WR"], AgcuProgram.read(wb + kl * rows, (kr * rows,), (1,), **w_reg),
                         role="W right")
-            kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,)), role="x load")
-            kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,)), role="y store")
+            kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,), **x_reg), role="x load")
+            kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,), **y_reg), role="y store")
             for role, base, k in (("MB", 0, kl), ("MA", kl, kr)):
                 cfg = PmuConfig(sync=True, buf_base=0, buf_size=nb, n_buf=1, wr_passes=1,
                                 wr_counts=(nb,), wr_strides=(1,), rd_passes=1, rd_repeat=rows,
@@ -287,10 +334,11 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
         w_blocks = [(0, nb // 2), (nb // 2, nb)]
     kb, roles = place(p, pcu_roles, pmu_roles, edges, agcu_pos, try_route)
     kb.metadata.update({"pattern": "gemv", "rows": rows, "cols": cols, "pcus": pcus,
+                        "layers": layers,
                         "requant": {"m": m, "s": s},
                         "hbm": {"w": lay.w, "x": lay.x, "y": lay.y}, "roles": roles,
                         "w_layout": w_layout_name(w_blocks, bb)})
-    return GemvKernel(p, rows, cols, pcus, m, s, lay, kb, roles, w_blocks)
+    return GemvKernel(p, rows, cols, pcus, m, s, lay, kb, roles, w_blocks, layers)
 
 
 def w_layout_name(blocks, bb) -> str:

@@ -247,15 +247,27 @@ class ChipDriver:
                                             f"{status.name}")
         return st >> 16
 
-    async def run_units(self, unit_ids, *, iteration: int = 0, cycles: int, what: str = "kernel"):
-        """Start the given units together (RUN_START) and sleep until all have finished."""
+    async def run_units(self, unit_ids, *, iteration: int = 0, count: int = 1, deps=None,
+                        cycles: int, what: str = "kernel"):
+        """Launch one kernel call and sleep until it has finished: every unit in ``unit_ids``
+        runs iterations ``iteration .. iteration + count - 1`` under the looping sequencer.
+        ``deps``: ``{unit: DEP word}`` (:func:`hdl.sequencer.dep_word`); every other unit of
+        the call gets no dependence."""
         ids = sorted(set(int(u) for u in unit_ids))
+        deps = {int(u): int(d) for u, d in (deps or {}).items()}
+        unknown = set(deps) - set(ids)
+        if unknown:
+            raise ValueError(f"dependences given for units {sorted(unknown)} not in the call")
         words = {}
         for u in ids:
             words[u // 32] = words.get(u // 32, 0) | (1 << (u % 32))
         for k in range(8):
             await self.csr_write(Csr.RUN_MASK0 + k, words.get(k, 0))
+        for u in ids:
+            await self.csr_write(Csr.UNIT_SEL, u)
+            await self.csr_write(Csr.UNIT_DEP, deps.get(u, 0))
         await self.csr_write(Csr.RUN_ITER, iteration)
+        await self.csr_write(Csr.RUN_COUNT, count)
         await self.csr_write(Csr.RUN_START, 1)
 
         async def stuck():
