@@ -19,7 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import warnings
+
 from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
+from amaranth.hdl import UnusedElaboratable
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
@@ -142,6 +145,12 @@ def _port_visibility(component, name: str) -> str:
         kind = "public_flat_rw" if is_input else "public_flat_rd"
         lines.append(f'{kind} -module "{name}" -var "{port}"')
     return "\n".join(lines) + "\n"
+
+
+# A cached build never elaborates the component it was handed (the key comes from its params
+# and the HDL sources), so Amaranth would warn, at garbage collection, that the component and
+# the units its constructor made were "created but never used".
+warnings.filterwarnings("ignore", category=UnusedElaboratable)
 
 
 def _runner():
