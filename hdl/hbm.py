@@ -66,9 +66,11 @@ e.g. AMD PG313 "Single Bank Refresh ... can improve efficiency"). One REFsb beco
 tREFI/banks cycles (so each bank is still refreshed once per tREFI); every bank is refreshed once
 per round before any bank is refreshed again. The controller chooses *which* bank: a bank that
 no queued request needs and that was used within the last ``recent window`` cycles (the bank a
-stream has just left and will not return to for a full rotation); it may owe up to
-``hbm_refresh_postpone`` refreshes (JEDEC allows postponing refreshes) and then forces one on the
-lowest-numbered bank still due, even if that stalls a request. ``hbm_refresh_per_bank=False``
+stream has just left and will not return to for a full rotation); when no request is queued or
+streaming it refreshes any due bank at once (idle time is free, and the next burst of traffic
+starts owing nothing); otherwise it may owe up to ``hbm_refresh_postpone`` refreshes (JEDEC allows
+postponing refreshes) and then forces one on the lowest-numbered bank still due, even if that
+stalls a request. ``hbm_refresh_per_bank=False``
 selects all-bank refresh (every tREFI, all banks blocked for tRP+tRFC) for comparison.
 
 Cycle-level contract
@@ -423,7 +425,9 @@ class _Channel(Elaboratable):
             with m.If(debt != 0):
                 with m.If(preferred != 0):
                     m.d.comb += [ref.eq(1), ref_bank.eq(low_pref)]
-                with m.Elif(debt >= p.hbm_refresh_postpone):
+                with m.Elif((debt >= p.hbm_refresh_postpone) | (in_use == 0)):
+                    # (a quiet channel pays its debt at once: idle time between kernels is
+                    # free, and the next kernel then starts owing nothing)
                     with m.If(candidates != 0):
                         m.d.comb += [ref.eq(1), ref_bank.eq(low_cand)]
                     with m.Elif(forced != 0):
