@@ -1,0 +1,138 @@
+"""Decode patterns as kernels on the Verilator chip (``sw/kernels/patterns.py``): residual add,
+SwiGLU (SiLU from a PMU LUT) and argmax, on the reduced 2x3 chip (``REDUCED_PARAMS``).
+
+Each test runs several sizes/seeds of one pattern in one simulation (one bring-up): the model's
+own sizes (dim 64, hidden 192, vocab 512) with operands from a real golden decode step of
+``models/kjv-280k``, random operands at those sizes, other sizes (unaligned ones included,
+which the kernel pads to whole beats) and, for SwiGLU, the SiLU table and per-channel REQUANT
+pairs of the quantised model. The testbench compares the output region, read back by DMA,
+exactly with the golden model's step; here the HBM traffic is checked as well (every operand
+read once, the output written once: nothing lost, nothing read twice).
+"""
+
+import random
+
+import numpy as np
+import pytest
+
+from sw.frontend import load_model
+from sw.golden import GoldenDecoder, quantized
+from sw.kernels.gemv import REDUCED_PARAMS
+from sw.kernels.patterns import (argmax_data, build_argmax, build_residual, build_swiglu,
+                                 decode_step_operands, residual_data, run_cases, swiglu_constants,
+                                 swiglu_data, write_case)
+
+pytestmark = pytest.mark.verilator
+
+P = REDUCED_PARAMS
+MODEL = "models/kjv-280k"
+PROMPT = "And God said, Let there be light"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def qm(model):
+    return quantized(model)
+
+
+@pytest.fixture(scope="module")
+def step(model, qm):
+    """Operands of layer 3 at the last token of a golden decode of BOS + ``PROMPT``."""
+    tok = model.tokenizer
+    return decode_step_operands(qm, [tok.bos_id] + tok.encode(PROMPT), layer=3)
+
+
+def _run(tmp_path, kernels):
+    """Run ``(label, kernel)`` pairs in one simulation; check bit-exactness and HBM traffic;
+    return the per-case results."""
+    cases = [write_case(k, tmp_path / f"case{i}", name=label)
+             for i, (label, k) in enumerate(kernels)]
+    results, _, err = run_cases(P, cases, tmp_path)
+    if err is not None:
+        raise err
+    for (label, k), res in zip(kernels, results):
+        assert res["bit_exact"], (label, res["first_mismatch"])
+        # counted after the read-back (the kernel's last writes may still be queued in HBM
+        # when it reports done), which itself reads the output once more
+        c = res["counters_after_readback"]
+        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
+        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
+        out = k.output.nbytes
+        assert (rd - out, wr) == (k.hbm_bytes - out, out), (label, c)
+    return results
+
+
+def test_residual(tmp_path, step):
+    rng = random.Random(31)
+    ks = [("residual dim 64, decode step", build_residual(P, step["x"], step["y"]))]
+    assert np.array_equal(ks[0][1].golden, step["x_next"])     # the decoder's own next x
+    for dim in (64, 64, 32 * rng.randint(2, 12), rng.randint(1, 500), 2048):
+        seed = rng.randrange(1 << 16)
+        x, y = residual_data(dim, seed)
+        ks.append((f"residual dim {dim} seed {seed}", build_residual(P, x, y)))
+    _run(tmp_path, ks)
+
+
+def test_swiglu(tmp_path, qm, step):
+    rng = random.Random(32)
+    silu, m, s = swiglu_constants(qm, 3)
+    k = build_swiglu(P, qm, step["g8"], step["u16"], silu, m, s)
+    assert np.array_equal(k.golden, step["mid"])                # the decoder's own mid
+    ks = [("swiglu hidden 192, decode step", k)]
+    n_layers = qm.config.n_layers
+    for hidden in (192, 192, 64 * rng.randint(1, 6), rng.randint(1, 400), 1024):
+        seed, layer = rng.randrange(1 << 16), rng.randrange(n_layers)
+        g8, u16 = swiglu_data(hidden, seed)
+        silu, m, s = swiglu_constants(qm, layer, hidden)
+        ks.append((f"swiglu hidden {hidden} layer {layer} seed {seed}",
+                   build_swiglu(P, qm, g8, u16, silu, m, s)))
+    _run(tmp_path, ks)
+
+
+def test_argmax(tmp_path, step):
+    rng = random.Random(33)
+    ks = [("argmax vocab 512, decode step", build_argmax(P, step["logits"]))]
+    for vocab, spread in ((512, 1 << 31), (512, 4), (16, 1 << 31), (rng.randint(17, 1500), 1 << 31),
+                          (4096, 1 << 20)):
+        seed = rng.randrange(1 << 16)
+        ks.append((f"argmax vocab {vocab} spread {spread} seed {seed}",
+                   build_argmax(P, argmax_data(vocab, seed, spread))))
+    # every value equal (the lowest index, 0, wins), and all at INT32_MIN (the padding value)
+    ks.append(("argmax all equal", build_argmax(P, np.full(100, 7, np.int32))))
+    ks.append(("argmax all int32 min", build_argmax(P, np.full(40, -(1 << 31), np.int32))))
+    # the maximum in the last element of a partial beat
+    v = argmax_data(75, 5, 1000)
+    v[74] = 5000
+    ks.append(("argmax max in the last, partial beat", build_argmax(P, v)))
+    for label, k in ks:                         # the INT32_MIN padding never wins
+        assert GoldenDecoder.argmax(np.frombuffer(k.images[0].data, "<i4")) == k.golden, label
+    _run(tmp_path, ks)
+
+
+def test_wrong_golden_fails(tmp_path, qm):
+    """The check really compares: one corrupted element of each pattern's golden output makes
+    the run fail, naming each case and element."""
+    x, y = residual_data(64, 1)
+    g8, u16 = swiglu_data(192, 2)
+    silu, m, s = swiglu_constants(qm, 0)
+    kernels = [("residual", build_residual(P, x, y), 5),
+               ("swiglu", build_swiglu(P, qm, g8, u16, silu, m, s), 150),
+               ("argmax", build_argmax(P, argmax_data(512, 3)), 0)]
+    cases = []
+    for i, (label, k, elem) in enumerate(kernels):
+        case = write_case(k, tmp_path / f"case{i}", name=label)
+        exp = bytearray(open(case["expected"], "rb").read())
+        exp[elem * k.elem_bits // 8] ^= 0x01              # low byte of element ``elem``
+        open(case["expected"], "wb").write(bytes(exp))
+        cases.append(case)
+    results, _, err = run_cases(P, cases, tmp_path)
+    assert err is not None
+    for (label, k, elem), res in zip(kernels, results):
+        assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
+        assert res["first_mismatch"]["index"] == elem, (label, res)
+        assert f"{label}: 1/{len(k.expected) * 8 // k.elem_bits} elements differ, first " \
+               f"element {elem}" in str(err), str(err)
