@@ -15,9 +15,9 @@ data); load the bitstream; clear the counters; start all units together and slee
 are done (watchdog naming the busy units); read the counters; DMA the output back, read the
 counters again (``counters_after_readback``: they include every beat the kernel wrote, since
 the read-back is ordered after the kernel's queued writes, and the read-back's own reads) and
-compare the output with the golden bytes exactly, element by element. Every case runs and writes its result
-file; then the test fails if any case was not bit-exact, naming each such case, how many
-elements differ and the first one.
+compare the output with the golden bytes exactly, element by element. Every case runs and
+writes its result file; then the test fails if any case was not bit-exact, naming each such
+case, how many elements differ and the first one.
 """
 
 import json

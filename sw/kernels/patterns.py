@@ -36,18 +36,28 @@ SwiGLU ``h = REQUANT(SILU[g8 & 0xFF] * u16, m_c, s_c, out_bits)``::
     MM: the REQUANT words (beats 16..) read once -> PR.vin1
     PR: REQUANT(vin0, vin1) out_bits, pack out_bits -> PR.vout -> a.wr (h)
 
-  Three PCUs because the chip has four AGCUs (g8, u16, constants, h: the table and the words
-  share one stream, hence one contiguous HBM block) and the reduced chip's PCU has two vector
-  inputs: MUL and the per-channel REQUANT need three operand streams (SiLU, u16, words), so
-  they are two PCUs. With ``pcu_vector_inputs >= 3`` they could be one (MUL, then REQUANT with
-  B = vin2); this module does not do that yet.
+  Why this shape: a gather index is one 32-bit word per lane, and g8 arrives as packed bytes,
+  so PI unpacks and masks it. The kernel has five HBM streams (g8, u16, table, REQUANT words,
+  h) and the chip four AGCUs, so the table and the words share one stream: one contiguous HBM
+  block, multicast to both PMUs; each stores all of it and serves its own part. MUL and the
+  per-channel REQUANT need three operand streams (SiLU, u16, words); a PCU of the reduced chip
+  has two vector inputs, so they are two PCUs. (With ``pcu_vector_inputs >= 3`` they could be
+  one: MUL, then REQUANT with B = vin2; not done here.)
+
+  The constants block is the SiLU table as 256 int32 words (the PMU's word: a gathered word
+  goes to the lane as it is, with no sign extension on the way), then one REQUANT word per
+  channel (``PcuConfig.requant_word``: ``m | s << 16``, the ``words`` encoding of
+  ``sw/compiler/layout.py``). ``layout.py`` stores the table as 256 packed int16 and apart
+  from the words; a compiled decode that runs this kernel needs the table widened to int32
+  and placed right before the words.
 
 argmax ``lowest index of the maximum`` over int32 logits::
 
     a.rd (logits int32) -> P.vin0; P: MAXIDX tree, post ARGMAX over the program
         -> one element packed 32 bit -> P.vout (one beat: the index in lane 0, zeros) -> a.wr
 
-HBM: the images one after the other from byte 0, each beat-aligned, then the output region.
+HBM: the images one after the other from byte 0, each beat-aligned, then the output region
+(its own region: nothing is updated in place).
 """
 
 from __future__ import annotations
