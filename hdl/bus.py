@@ -66,7 +66,9 @@ def hbm_stats_signature(p: RduParams) -> wiring.Signature:
 
     Seen from the HBM model (it drives ``Out``). ``rd_beat``/``wr_beat``: a beat moved on that
     channel's data bus this cycle. ``refresh``: the channel is blocked by refresh this cycle.
-    ``row_miss``: a burst needed an activate this cycle. ``queued``: requests waiting.
+    ``row_miss``: a burst needed an activate this cycle. ``busy`` (a level, not an event): the
+    channel has a request queued, write data being collected or a burst on its data bus; when
+    it is low every write accepted earlier has been performed.
     """
     n = p.hbm_channels
     return wiring.Signature({
@@ -74,4 +76,5 @@ def hbm_stats_signature(p: RduParams) -> wiring.Signature:
         "wr_beat": Out(n),
         "refresh": Out(n),
         "row_miss": Out(n),
+        "busy": Out(n),
     })

@@ -99,6 +99,7 @@ class Chip(wiring.Component):
             host.hbm_stats.wr_beat.eq(memsys.stats.wr_beat),
             host.hbm_stats.refresh.eq(memsys.stats.refresh),
             host.hbm_stats.row_miss.eq(memsys.stats.row_miss),
+            host.hbm_stats.busy.eq(memsys.stats.busy),
         ]
         # The compute fabric sits between the AGCUs' fabric-side streams; it shares the config bus.
         if self.fabric is not None:

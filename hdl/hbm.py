@@ -210,6 +210,7 @@ class _Channel(Elaboratable):
         self.out_data = Signal(p.beat_bits)
         # stats
         self.rd_beat = Signal()
+        self.busy = Signal()                       # queued requests or a burst on the bus
         self.wr_beat = Signal()
         self.row_miss = Signal()
         self.refresh_stall = Signal()
@@ -313,6 +314,7 @@ class _Channel(Elaboratable):
             store.w_en.eq(beat & cur_write),
             self.wfifo.r_en.eq(beat & cur_write),
             self.rd_beat.eq(beat & ~cur_write),
+            self.busy.eq((self.count != 0) | (cur_left != 0)),
             self.wr_beat.eq(beat & cur_write),
         ]
 
@@ -545,6 +547,7 @@ class HbmController(wiring.Component):
             coll_left = Signal(range(p.hbm_burst_beats + 1), name=f"c{c}_coll_left")
             coll_port = Signal(range(max(2, n)), name=f"c{c}_coll_port")
             coll_entry = Signal(entry_layout, name=f"c{c}_coll_entry")
+            m.d.comb += self.stats.busy[c].eq(ch.busy | (coll_left != 0))
             want = Signal(n, name=f"c{c}_want")
             for i, port in enumerate(self.ports):
                 pl = port.req.payload

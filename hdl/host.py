@@ -42,7 +42,8 @@ RUN_START             W    launch a kernel call: every unit whose bit is set in 
                            sequencer (:mod:`hdl.sequencer`: each unit runs ahead as far as its
                            UNIT_DEP allows)
 RUN_STATUS            R    bit 0 some masked unit busy; bit 1 the call has finished: every
-                           masked unit completed RUN_COUNT iterations (also the ``run_done`` pin)
+                           masked unit completed RUN_COUNT iterations and the memory system has
+                           performed every write (also the ``run_done`` pin)
 RUN_COUNT             R/W  iterations per call (reset 1; 0 counts as 1)
 UNIT_SEL              R/W  unit id whose status UNIT_STATUS shows and UNIT_DEP addresses
 UNIT_STATUS           R    status code of unit UNIT_SEL (bits 3:0), busy (bit 4)
@@ -236,7 +237,11 @@ class HostInterface(wiring.Component):
             seq.dep_rd_unit.eq(unit_sel),
             self.ext_addr.eq(self.csr.addr),
             self.cc_length.eq(cc_length),
-            self.run_done.eq(seq.done),
+            # A call is finished when its units are done *and* the writes they posted have
+            # been performed: a writing AGCU is done once HBM has accepted its last beat
+            # (ordered before any later access), but the host reading counters, or a host-side
+            # launch decision, should see the memory quiet.
+            self.run_done.eq(seq.done & ~self.hbm_stats.busy.any()),
         ]
         with m.If(self.cc_done):
             m.d.sync += cc_status.eq(self.cc_status)

@@ -393,3 +393,33 @@ def test_refresh_all_bank_blocks_channel():
     assert counts["refresh"] >= p.hbm_channels * (n_refresh_windows - 1) * p.hbm_t_rfc
     util = beats / cycles / p.hbm_channels
     assert util < 1 - p.hbm_t_rfc / p.hbm_t_refi + 0.05
+
+
+def test_busy_until_posted_writes_are_performed():
+    """stats.busy stays high from a write's acceptance until its last beat is in the store
+    (the host's run_done waits for it); a read issued after busy falls sees the data."""
+    p = P
+    dut = HbmController(p, 1)
+    geo = HbmGeometry(p)
+    addr = geo.compose(1, 3, 5)
+    seen = {}
+
+    async def tb(ctx):
+        assert ctx.get(dut.stats.busy) == 0
+        rng = random.Random(3)
+        beats = [rand_beat(rng) for _ in range(p.hbm_burst_beats)]
+        await write_burst(ctx, dut.ports[0], addr, beats)
+        assert ctx.get(dut.stats.busy) != 0          # accepted, not yet performed (row miss)
+        n = 0
+        while ctx.get(dut.stats.busy):
+            await ctx.tick()
+            n += 1
+        seen["busy_after_accept"] = n
+        await send_req(ctx, dut.ports[0], addr, p.hbm_burst_beats, 0)
+        got = await recv(ctx, dut.ports[0], p.hbm_burst_beats)
+        assert got == beats
+
+    sim = make_sim(dut)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen["busy_after_accept"] >= p.hbm_t_rcd, seen
