@@ -19,10 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import warnings
-
 from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
-from amaranth.hdl import UnusedElaboratable
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
@@ -147,10 +144,23 @@ def _port_visibility(component, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# A cached build never elaborates the component it was handed (the key comes from its params
-# and the HDL sources), so Amaranth would warn, at garbage collection, that the component and
-# the units its constructor made were "created but never used".
-warnings.filterwarnings("ignore", category=UnusedElaboratable)
+def _mark_used(obj, seen=None, depth=0):
+    """Mark ``obj`` and the elaboratables its constructor made (attributes, lists, dicts) as
+    used: a cached build never elaborates the component it was handed (the key comes from its
+    params and the HDL sources), and Amaranth would otherwise warn at garbage collection that
+    each was "created but never used"."""
+    from amaranth._unused import MustUse
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 6:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, MustUse):
+        obj._MustUse__used = True
+    items = (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple))
+             else vars(obj).values() if isinstance(obj, MustUse) else ())
+    for v in items:
+        if isinstance(v, (MustUse, list, tuple, dict)):
+            _mark_used(v, seen, depth + 1)
 
 
 def _runner():
@@ -198,6 +208,7 @@ def build(component, name: str, *, key: str = "", waves: bool = False, extra_arg
     vfile = bdir / f"{name}.v"
     marker = bdir / "build.json"
     if marker.exists() and not force:
+        _mark_used(component)
         return Build(name, name, bdir, vfile, 0.0, True)
     # pytest-xdist workers (and concurrent CLI runs) may want the same build at once: the
     # first one builds under an exclusive lock, the others wait and then take the cache hit.
@@ -205,6 +216,7 @@ def build(component, name: str, *, key: str = "", waves: bool = False, extra_arg
     with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.exists() and not force:
+            _mark_used(component)
             return Build(name, name, bdir, vfile, 0.0, True)
         return _build_locked(component, name, bdir, vfile, marker, flags, waves)
 
