@@ -247,7 +247,7 @@ def run(b: Build, test_module: str, *, testcase=None, env: dict | None = None, w
     """
     verilator_env()
     runner = _runner()
-    test_dir = Path(test_dir or b.build_dir)
+    test_dir = Path(test_dir or b.build_dir).resolve()
     test_dir.mkdir(parents=True, exist_ok=True)
     extra_env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                  "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING" if quiet else "INFO")}
