@@ -17,9 +17,11 @@ from pathlib import Path
 
 from sw.cli import UserError, command
 
-MISSING = ("decode on the chip needs the compiler and the looping sequencer, which are not "
-           "built yet; the compute fabric exists but its default-geometry Verilator build is too "
-           "slow for this command (it is tested at reduced geometries)")
+MISSING = ("decode on the chip needs the rest of the compiler (the RMSNorm, RoPE, attention and "
+           "softmax patterns, the mapper that fuses a decoder layer into one kernel) and the "
+           "runtime's decode loop; the fabric, the looping sequencer and the first pattern "
+           "kernels run on the chip today (try `rdu kernel gemv --rows 256 --cols 256 --layers 4 "
+           "--mode looped`)")
 
 
 def default_out(kind: str) -> Path:
