@@ -1,7 +1,6 @@
 """HBM layout (sw/compiler/layout.py): placement, alignment, strides, round trips, fit."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -16,21 +15,9 @@ from sw.golden import GoldenDecoder
 from sw.kernels.gemv import build_gemv
 from sw.model import LlamaConfig, random_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(ROOT, "models", "kjv-280k")
-GEMVS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+from compiler_shapes import DEFAULT_MODEL, RANDOM_CONFIGS
 
-RANDOM_CONFIGS = {
-    "mha-d32-l1-tied": LlamaConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=4, hidden_dim=64,
-                                   vocab_size=256, max_seq_len=16),
-    "mqa-d48-l3-untied": LlamaConfig(dim=48, n_layers=3, n_heads=4, n_kv_heads=1, hidden_dim=128,
-                                     vocab_size=300, max_seq_len=12, tie_embeddings=False),
-    "gqa-d96-l2-tied": LlamaConfig(dim=96, n_layers=2, n_heads=6, n_kv_heads=3, hidden_dim=256,
-                                   vocab_size=512, max_seq_len=16),
-    "gqa-d128-l4-untied": LlamaConfig(dim=128, n_layers=4, n_heads=8, n_kv_heads=4,
-                                      hidden_dim=352, vocab_size=1024, max_seq_len=16,
-                                      tie_embeddings=False),
-}
+GEMVS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 @pytest.fixture(scope="module")
