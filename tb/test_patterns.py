@@ -57,8 +57,7 @@ def _run(tmp_path, kernels):
         raise err
     for (label, k), res in zip(kernels, results):
         assert res["bit_exact"], (label, res["first_mismatch"])
-        # counted after the read-back (the kernel's last writes may still be queued in HBM
-        # when it reports done), which itself reads the output once more
+        # counted after the read-back, which itself reads the output once more
         c = res["counters_after_readback"]
         rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
         wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
