@@ -129,6 +129,6 @@ def test_gemv_chain_layer_vs_looped(tmp_path, pcus):
     bit-exact, each W read once, one launch when looped, and looped is faster: the next layer's
     weights stream while the current layer drains, only the x load waits (for the y store it
     depends on, through HBM), and no per-layer launch, fill and drain. Measured (cycles from the
-    first launch to done): 1 PCU 2,106 vs 2,012; split-K 2,791 vs 1,882."""
+    first launch to done): 1 PCU 2,068 vs 2,012; split-K 2,172 vs 1,882."""
     res = _run_chain(tmp_path, 128, 4, pcus)
     assert res["looped"] < res["layer"], res
