@@ -39,13 +39,14 @@ kernel's streams into idle units.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
 from hdl.agcu import AgcuMode, AgcuReg, agcu_count_reg, agcu_stride_reg
 from hdl.fabric import FabricTopology, Route, RouteError
 from hdl.params import RduParams
-from hdl.unitmap import UnitInfo, regs_per_kind, unit_map
+from hdl.unitmap import UnitInfo, regs_per_kind, unit_map, units_of_kind
 from sw.bitstream import Bitstream, Kernel, config_buffer_bytes
 
 __all__ = ["KernelBuilder", "KernelError", "AgcuProgram", "UnitConfig", "agcu_writable_counters"]
@@ -372,3 +373,37 @@ class KernelBuilder:
         lines.append(f"config writes: {sum(len(c.writes) for c in self.units.values())} unit, "
                      f"{n_sw} switch")
         return "\n".join(lines)
+
+
+def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), fixed=None, edges=(), build,
+          tries: int = 300, error=KernelError):
+    """Assign roles to units and build the kernel: candidate assignments of ``pcus``/``pmus``/
+    ``agcus`` (role names) to distinct units of each kind, ordered by the total Manhattan
+    distance of ``edges`` (pairs of roles; ``fixed`` maps further roles to grid positions);
+    the first of the ``tries`` best for which ``build(role -> unit name)`` does not raise
+    :class:`KernelError` (a route conflict) wins. Returns ``build``'s result; raises ``error``
+    when the chip has too few units or nothing routes."""
+    kinds = [("pcu", list(pcus)), ("pmu", list(pmus)), ("agcu", list(agcus))]
+    pools = {}
+    for kind, roles in kinds:
+        units = units_of_kind(p, kind)
+        if len(roles) > len(units):
+            raise error(f"the mapping needs {len(roles)} {kind.upper()}s; the chip has "
+                        f"{len(units)}")
+        pools[kind] = list(itertools.permutations(units, len(roles)))
+    cands = []
+    for pc, pm, ag in itertools.product(pools["pcu"], pools["pmu"], pools["agcu"]):
+        units = {}
+        for (kind, roles), chosen in zip(kinds, (pc, pm, ag)):
+            units.update(zip(roles, chosen))
+        pos = {**(fixed or {}), **{r: u.pos for r, u in units.items()}}
+        cost = sum(abs(pos[a][0] - pos[b][0]) + abs(pos[a][1] - pos[b][1]) for a, b in edges)
+        cands.append((cost, len(cands), units))
+    cands.sort(key=lambda c: c[:2])
+    last = None
+    for _, _, units in cands[:tries]:
+        try:
+            return build({role: u.name for role, u in units.items()})
+        except KernelError as e:
+            last = e
+    raise error(f"no placement routes without conflicts: {last}")

@@ -33,7 +33,6 @@ calibration on the data itself), so ``y`` spreads over int8 and the tails satura
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -44,7 +43,7 @@ from hdl.pmu import PmuConfig, pmu_depth
 from hdl.params import RduParams
 from hdl.unitmap import units_of_kind
 from sw import intops
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, agcu_writable_counters
+from sw.kernels.builder import AgcuProgram, KernelBuilder, agcu_writable_counters, place
 
 __all__ = ["GemvError", "GemvLayout", "GemvKernel", "make_data", "choose_requant", "golden",
            "build_gemv", "REDUCED_PARAMS"]
@@ -180,37 +179,6 @@ class GemvKernel:
         return self.builder.to_bytes()
 
 
-def _dist(a, b):
-    return abs(a[0] - b[0]) + abs(a[1] - b[1])
-
-
-def place(p: RduParams, pcu_roles, pmu_roles, edges, agcu_pos, try_route):
-    """Assign roles to units: candidates by total Manhattan distance of ``edges`` (pairs of
-    role/AGCU names), first that ``try_route`` accepts (returns a builder or raises
-    KernelError)."""
-    pcus = units_of_kind(p, "pcu")
-    pmus = units_of_kind(p, "pmu")
-    if len(pcu_roles) > len(pcus) or len(pmu_roles) > len(pmus):
-        raise GemvError(f"the mapping needs {len(pcu_roles)} PCUs and {len(pmu_roles)} PMUs; "
-                        f"the chip has {len(pcus)} and {len(pmus)}")
-    cands = []
-    for pc in itertools.permutations(pcus, len(pcu_roles)):
-        for pm in itertools.permutations(pmus, len(pmu_roles)):
-            pos = dict(agcu_pos)
-            pos.update({r: u.pos for r, u in zip(pcu_roles, pc)})
-            pos.update({r: u.pos for r, u in zip(pmu_roles, pm)})
-            cost = sum(_dist(pos[a], pos[b]) for a, b in edges)
-            cands.append((cost, [u.index for u in pc], [u.index for u in pm]))
-    cands.sort(key=lambda c: c[0])
-    last = None
-    for cost, pc, pm in cands[:200]:
-        try:
-            return try_route(dict(zip(pcu_roles, pc)), dict(zip(pmu_roles, pm)))
-        except KernelError as e:
-            last = e
-    raise GemvError(f"no placement of the GEMV routes without conflicts: {last}")
-
-
 def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: int,
                name: str = "gemv", layers: int = 1) -> GemvKernel:
     """Build the GEMV kernel (see the module docstring for the mapping). ``layers > 1``: a
@@ -258,17 +226,17 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
                  ("MA", "A"), ("B", "A"), ("A", "C"), ("C", "a3")]
     agcu_pos = {f"a{i}": pos for i, pos in agcus.items()}
 
-    def try_route(pc, pm):
+    def try_route(units):
         kb = KernelBuilder(p, name)
-        P = {r: f"pcu{i}" for r, i in pc.items()}
-        M = {r: f"pmu{i}" for r, i in pm.items()}
+        P = {r: units[r] for r in pcu_roles}
+        M = {r: units[r] for r in pmu_roles}
         if pcus == 1:
             kb.agcu(ag["W"], AgcuProgram.read(wb, (rows * nb,), (1,), **w_reg), role="W stream")
             kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,), **x_reg), role="x load")
             kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,), **y_reg), role="y store")
-            kb.pmu(pm["M"], PmuConfig.resident_vector(nb, repeat=rows), role="x resident",
+            kb.pmu(M["M"], PmuConfig.resident_vector(nb, repeat=rows), role="x resident",
                    summary=f"x: {nb} beats written once, read {rows} times")
-            kb.pcu(pc["P"], PcuConfig.gemv(p, rows, nb, m=m, s=s, out_bits=8), role="gemv",
+            kb.pcu(P["P"], PcuConfig.gemv(p, rows, nb, m=m, s=s, out_bits=8), role="gemv",
                    summary=f"DP4 x {nb} beats/row, SUM, REQUANT(m={m}, s={s}), pack int8")
             kb.route(f"agcu{ag['W']}.rd", f"{P['P']}.vin0", what="W")
             kb.route(f"agcu{ag['x']}.rd", f"{M['M']}.win", what="x load")
@@ -293,7 +261,7 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
                 cfg = PmuConfig(sync=True, buf_base=0, buf_size=nb, n_buf=1, wr_passes=1,
                                 wr_counts=(nb,), wr_strides=(1,), rd_passes=1, rd_repeat=rows,
                                 rd_base=base, rd_counts=(k,), rd_strides=(1,))
-                kb.pmu(pm[role], cfg, role=f"x {'left' if role == 'MB' else 'right'}",
+                kb.pmu(M[role], cfg, role=f"x {'left' if role == 'MB' else 'right'}",
                        summary=f"x: {nb} beats written once, beats [{base}, {base + k}) "
                                f"read {rows} times")
             b = (PcuConfig(p).counters(kl, rows).vin(0).vin(1)
@@ -308,11 +276,11 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
                  .post(FuOp.REQUANT, Src.SIN0, Src.IMM, Src.ZERO,
                        imm=PcuConfig.requant_word(m, s), bits=8)
                  .output(vout=True, sout=False, pack_bits=8))
-            kb.pcu(pc["B"], b, role="dot left",
+            kb.pcu(P["B"], b, role="dot left",
                    summary=f"DP4 x {kl} beats/row, SUM -> int32 partial on sout")
-            kb.pcu(pc["A"], a, role="dot right+add",
+            kb.pcu(P["A"], a, role="dot right+add",
                    summary=f"DP4 x {kr} beats/row, SUM, + partial (sin0) -> int32 on sout")
-            kb.pcu(pc["C"], c, role="requant",
+            kb.pcu(P["C"], c, role="requant",
                    summary=f"REQUANT(m={m}, s={s}) of sin0, pack 64 int8 per beat")
             kb.route(f"agcu{ag['WL']}.rd", f"{P['B']}.vin0", what="W left halves")
             kb.route(f"agcu{ag['WR']}.rd", f"{P['A']}.vin0", what="W right halves")
@@ -332,7 +300,10 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
     w_blocks = [(0, nb)]
     if pcus == 2 and agcu_writable_counters(p) < 2:
         w_blocks = [(0, nb // 2), (nb // 2, nb)]
-    kb, roles = place(p, pcu_roles, pmu_roles, edges, agcu_pos, try_route)
+    # (GEMV pins its AGCUs by index; only PCUs and PMUs are placed, the AGCUs' positions
+    # count in the route length)
+    kb, roles = place(p, pcus=pcu_roles, pmus=pmu_roles, fixed=agcu_pos, edges=edges,
+                      build=try_route, tries=200, error=GemvError)
     kb.metadata.update({"pattern": "gemv", "rows": rows, "cols": cols, "pcus": pcus,
                         "layers": layers,
                         "requant": {"m": m, "s": s},

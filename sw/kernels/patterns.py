@@ -19,7 +19,7 @@ product and its REQUANT 0), ``INT32_MIN`` for argmax (the lowest index wins ties
 never wins). ``expected`` covers the padded output, so the padding is checked too.
 
 Mappings (``P*`` PCUs, ``M*`` PMUs, ``a*`` AGCUs; roles are placed on units by total route
-length, first placement that routes, see :func:`place`)
+length, first placement that routes, see :func:`sw.kernels.builder.place`)
 
 residual ``x = add_sat(x, y, 16)`` on int16 vectors::
 
@@ -62,7 +62,6 @@ HBM: the images one after the other from byte 0, each beat-aligned, then the out
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -74,10 +73,9 @@ from hdl.fu import FuOp
 from hdl.pcu import AccOp, PcuConfig, Red, Src
 from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
-from hdl.unitmap import units_of_kind
 from sw import intops
 from sw.golden import GoldenDecoder
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError
+from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
 
 __all__ = ["PatternError", "HbmImage", "HbmRegion", "PatternKernel", "build_residual",
            "build_swiglu", "build_argmax", "residual_data", "swiglu_data", "swiglu_constants",
@@ -178,40 +176,6 @@ class _Hbm:
         return addr
 
 
-def _dist(a, b) -> int:
-    return abs(a[0] - b[0]) + abs(a[1] - b[1])
-
-
-def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), edges=(), build, tries: int = 300):
-    """Assign roles to units and build the kernel: candidate assignments of ``pcus``/``pmus``/
-    ``agcus`` (role names) to distinct units of each kind, ordered by the total Manhattan
-    distance of ``edges`` (pairs of roles); the first for which ``build(unit_of_role)`` does not
-    raise :class:`KernelError` (a route conflict) wins. Returns ``build``'s result."""
-    kinds = [("pcu", list(pcus)), ("pmu", list(pmus)), ("agcu", list(agcus))]
-    pools = {}
-    for kind, roles in kinds:
-        units = units_of_kind(p, kind)
-        if len(roles) > len(units):
-            raise PatternError(f"the mapping needs {len(roles)} {kind.upper()}s; the chip has "
-                               f"{len(units)}")
-        pools[kind] = list(itertools.permutations(units, len(roles)))
-    cands = []
-    for pc, pm, ag in itertools.product(pools["pcu"], pools["pmu"], pools["agcu"]):
-        units = {}
-        for (kind, roles), chosen in zip(kinds, (pc, pm, ag)):
-            units.update(zip(roles, chosen))
-        cost = sum(_dist(units[a].pos, units[b].pos) for a, b in edges)
-        cands.append((cost, len(cands), units))
-    cands.sort(key=lambda c: c[:2])
-    last = None
-    for _, _, units in cands[:tries]:
-        try:
-            return build({role: u.name for role, u in units.items()})
-        except KernelError as e:
-            last = e
-    raise PatternError(f"no placement routes without conflicts: {last}")
-
-
 def _watchdog(p: RduParams, beats: int) -> int:
     """Generous: HBM latency and fill, then up to 16 cycles per beat moved (gather conflicts
     serialise up to 16 bank reads per beat)."""
@@ -254,7 +218,8 @@ def build_residual(p: RduParams, x, y, *, name: str = "residual") -> PatternKern
         return kb, u
 
     kb, roles = place(p, pcus=["P"], agcus=["ax", "ay", "ao"],
-                      edges=[("ax", "P"), ("ay", "P"), ("P", "ao")], build=build)
+                      edges=[("ax", "P"), ("ay", "P"), ("P", "ao")], build=build,
+                      error=PatternError)
     kb.metadata.update({"pattern": "residual", "dim": dim, "roles": roles,
                         "hbm": {"x": xa, "y": ya, "out": oa}})
     images = [HbmImage("x", xa, _pad(x, dp).astype(_dtype(16)).tobytes()),
@@ -353,7 +318,8 @@ def build_swiglu(p: RduParams, qm, g8, u16, silu, m, s, *, name: str = "swiglu")
     edges = [("ag", "PI"), ("PI", "MT"), ("ac", "MT"), ("ac", "MM"), ("MT", "PS"), ("au", "PS"),
              ("PS", "PR"), ("MM", "PR"), ("PR", "ao")]
     kb, roles = place(p, pcus=["PI", "PS", "PR"], pmus=["MT", "MM"],
-                      agcus=["ag", "au", "ac", "ao"], edges=edges, build=build)
+                      agcus=["ag", "au", "ac", "ao"], edges=edges, build=build,
+                      error=PatternError)
     kb.metadata.update({"pattern": "swiglu", "hidden": hidden, "out_bits": out_bits,
                         "roles": roles,
                         "hbm": {"g8": ga, "u16": ua, "constants": ca, "out": oa}})
@@ -399,7 +365,7 @@ def build_argmax(p: RduParams, logits, *, name: str = "argmax") -> PatternKernel
         return kb, u
 
     kb, roles = place(p, pcus=["P"], agcus=["al", "ao"], edges=[("al", "P"), ("P", "ao")],
-                      build=build)
+                      build=build, error=PatternError)
     kb.metadata.update({"pattern": "argmax", "vocab": vocab, "roles": roles,
                         "hbm": {"logits": la, "out": oa}})
     images = [HbmImage("logits", la, _pad(v, vp, INT32_MIN).astype("<i4").tobytes())]
