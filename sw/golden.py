@@ -149,11 +149,7 @@ class GoldenDecoder:
     # ---- one decode step -------------------------------------------------------------------
     def step(self, token_id: int) -> np.ndarray:
         qm, c = self.qm, self.config
-        if self.pos >= c.max_seq_len:
-            raise ValueError(f"context overflow: position {self.pos} >= max_seq_len {c.max_seq_len}")
-        token_id = int(token_id)
-        if not 0 <= token_id < c.vocab_size:
-            raise ValueError(f"token id {token_id} outside vocabulary of size {c.vocab_size}")
+        token_id = c.check_step(self.pos, token_id)
         p, hd, nh, nkv = self.pos, c.head_dim, c.n_heads, c.n_kv_heads
         x = self.embed(token_id)
         self._t("x", -1, x)

@@ -62,6 +62,16 @@ class LlamaConfig:
         """Query heads per KV head (grouped-query attention)."""
         return self.n_heads // self.n_kv_heads
 
+    def check_step(self, pos: int, token_id) -> int:
+        """Refuse a decode step at ``pos`` past the context or of a token outside the
+        vocabulary; return the token id as an int."""
+        if pos >= self.max_seq_len:
+            raise ValueError(f"context overflow: position {pos} >= max_seq_len {self.max_seq_len}")
+        token_id = int(token_id)
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} outside vocabulary of size {self.vocab_size}")
+        return token_id
+
 
 @dataclass
 class LayerWeights:

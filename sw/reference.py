@@ -75,11 +75,7 @@ class FloatDecoder:
 
     def step(self, token_id: int) -> np.ndarray:
         m, c = self.model, self.config
-        if self.pos >= c.max_seq_len:
-            raise ValueError(f"context overflow: position {self.pos} >= max_seq_len {c.max_seq_len}")
-        token_id = int(token_id)
-        if not 0 <= token_id < c.vocab_size:
-            raise ValueError(f"token id {token_id} outside vocabulary of size {c.vocab_size}")
+        token_id = c.check_step(self.pos, token_id)
         p = self.pos
         hd, nh, nkv = c.head_dim, c.n_heads, c.n_kv_heads
         x = m.tok_embeddings[token_id].astype(f32)

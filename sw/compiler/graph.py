@@ -573,11 +573,7 @@ def execute(graph: Graph, qm: QuantModel, decoder_state: GoldenDecoder, token_id
         raise GraphError(f"the graph was built for {c}, the QuantModel has {qm.config}")
     if dec.k_cache.shape[0] != c.n_layers or dec.k_cache.shape[2] != c.max_seq_len:
         raise GraphError("decoder state does not match the graph's model shape")
-    if dec.pos >= c.max_seq_len:
-        raise ValueError(f"context overflow: position {dec.pos} >= max_seq_len {c.max_seq_len}")
-    token_id = int(token_id)
-    if not 0 <= token_id < c.vocab_size:
-        raise ValueError(f"token id {token_id} outside vocabulary of size {c.vocab_size}")
+    token_id = c.check_step(dec.pos, token_id)
     pos = dec.pos
     env: dict[str, np.ndarray] = {"token": np.array(token_id, np.int32)}
     for l in range(c.n_layers):                       # the state tensors: this step's cache
