@@ -163,7 +163,6 @@ from amaranth.lib.wiring import In, Out
 
 from . import shared
 from .bus import config_bus_signature
-from .shared import UNIT_ID_BITS
 from .fu import Fu, FuOp, OutBits
 from .links import control_link, scalar_link, unit_control_signature, vector_link
 from .params import RduParams
@@ -276,11 +275,7 @@ class Pcu(wiring.Component):
         """``unit_id=None``: the id is an input port ``unit_id`` (see :mod:`hdl.shared`)."""
         self.params = params
         g = self.geom = pcu_geometry(params)
-        members = {}
-        if unit_id is None:
-            members["unit_id"] = In(UNIT_ID_BITS)
-        else:
-            self.unit_id = unit_id
+        members = shared.unit_id_member(self, unit_id)
         super().__init__({
             **members,
             "vin": In(vector_link(params)).array(g["n_vin"]),

@@ -155,7 +155,6 @@ from amaranth.lib.wiring import In, Out
 
 from .addrgen import AffineAddrGen
 from . import shared
-from .shared import UNIT_ID_BITS
 from .bus import config_bus_signature
 from .links import control_link, scalar_link, unit_control_signature, vector_link
 from .params import RduParams
@@ -259,11 +258,7 @@ class Pmu(wiring.Component):
         p = self.params = params
         if p.pmu_banks != p.lanes:
             raise ValueError("Pmu needs pmu_banks == lanes (lane i of a beat lives in bank i)")
-        members = {}
-        if unit_id is None:
-            members["unit_id"] = In(UNIT_ID_BITS)
-        else:
-            self.unit_id = unit_id
+        members = shared.unit_id_member(self, unit_id)
         self.n_counters = n_counters or getattr(p, "pmu_counters", 3)
         self.max_buffers = max_buffers or getattr(p, "pmu_max_buffers", 4)
         if not 1 <= self.n_counters <= PMU_MAX_COUNTERS:

@@ -6,7 +6,7 @@ into eight copies of the same C++. Under :func:`verilog_blackboxes` (``tb/runner
 on when it generates Verilog for Verilator) a unit that supports sharing elaborates instead to
 an ``Instance`` of one module generated once per *variant* (same class, same
 :class:`~hdl.params.RduParams`, same port set); its unit id becomes an input port tied to a
-constant. Verilator then compiles the module once and, because :func:`no_inline_lines` tells it
+constant. Verilator then compiles the module once and, because ``verilator_config_lines`` tells it
 not to inline it, runs one copy of the code for all instances (smaller build, fewer
 instruction-cache misses). Behaviour is identical: the module is the same Amaranth design.
 
@@ -33,7 +33,7 @@ from amaranth.lib.wiring import In
 
 from .bus import CONFIG_UNIT_BITS
 
-__all__ = ["verilog_blackboxes", "active", "instance", "UNIT_ID_BITS"]
+__all__ = ["verilog_blackboxes", "active", "instance", "unit_id_member", "UNIT_ID_BITS"]
 
 UNIT_ID_BITS = CONFIG_UNIT_BITS
 
@@ -46,7 +46,7 @@ class _Collector:
     def verilog(self) -> str:
         return "\n".join(self.texts + list(self.modules.values()))
 
-    def no_inline_lines(self) -> list[str]:
+    def verilator_config_lines(self) -> list[str]:
         """Verilator configuration lines keeping each shared module a real (shared) module."""
         lines = [f'no_inline -module "{name}"' for name in self.modules]
         if self.modules:
@@ -62,7 +62,7 @@ _STATE = {"collector": None}
 def verilog_blackboxes():
     """Within this context shared units (and :class:`hdl.ram.WideRam`) elaborate to instances of
     Verilog modules collected in the yielded object: append ``.verilog()`` to the design's
-    Verilog and ``.no_inline_lines()`` to the Verilator configuration."""
+    Verilog and ``.verilator_config_lines()`` to the Verilator configuration."""
     from . import ram
     old = _STATE["collector"]
     c = _Collector()
@@ -73,6 +73,16 @@ def verilog_blackboxes():
             yield c
     finally:
         _STATE["collector"] = old
+
+
+def unit_id_member(unit, unit_id: int | None) -> dict:
+    """For a sharable unit's constructor: ``unit_id`` set as the attribute ``unit.unit_id``, or
+    (``None``) the signature member making it an input port ``unit_id``; returns the members
+    to add to the signature."""
+    if unit_id is None:
+        return {"unit_id": In(UNIT_ID_BITS)}
+    unit.unit_id = unit_id
+    return {}
 
 
 def active() -> bool:

@@ -94,7 +94,6 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import shared
-from .shared import UNIT_ID_BITS
 from .bus import config_bus_signature
 from .links import control_link, scalar_link, vector_link
 from .params import RduParams
@@ -191,15 +190,12 @@ class Switch(wiring.Component):
     def __init__(self, params: RduParams, unit_id: int | None, *, ports: dict | None = None,
                  local_in: dict | None = None, local_out: dict | None = None):
         self.params = params
-        if unit_id is not None:
-            self.unit_id = unit_id
+        id_member = shared.unit_id_member(self, unit_id)
         if ports is None:
             ports = full_ports(params, local_in or {}, local_out or {})
         self.ports = {net: (tuple(ports.get(net, ((), ()))[0]), tuple(ports.get(net, ((), ()))[1]))
                       for net in NETS}
-        members = {"cfg": In(config_bus_signature()), "held": Out(1)}
-        if unit_id is None:
-            members["unit_id"] = In(UNIT_ID_BITS)
+        members = {"cfg": In(config_bus_signature()), "held": Out(1), **id_member}
         for net in NETS:
             ins, outs = self.ports[net]
             for names in (ins, outs):

@@ -108,7 +108,7 @@ def _verilog_text(component, name: str) -> tuple[str, list[str]]:
     from hdl.shared import verilog_blackboxes
     with verilog_blackboxes() as extra:
         text = verilog.convert(SimTop(component), name=name, emit_src=False)
-    return text + "\n" + extra.verilog(), extra.no_inline_lines()
+    return text + "\n" + extra.verilog(), extra.verilator_config_lines()
 
 
 def _source_fingerprint(component) -> str:
