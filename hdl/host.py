@@ -196,6 +196,7 @@ class HostInterface(wiring.Component):
         names = counter_names(p)
         m.submodules.counters = ctr = EventCounters(len(names))
         m.submodules.sequencer = seq = LoopSequencer(self.n_units)
+        run_start = Signal()                # a RUN_START write: launch a kernel call
         stats = self.hbm_stats
         events = {
             "cycles": C(1, 1),
@@ -203,7 +204,7 @@ class HostInterface(wiring.Component):
             "dma_busy_cycles": dma.busy,
             "run_busy_cycles": self.unit_busy.any(),
             "dep_stall_cycles": seq.dep_stall,
-            "launches": seq.launches,
+            "launches": run_start,
         }
         for c in range(p.hbm_channels):
             events[f"ch{c}_rd_beats"] = stats.rd_beat[c]
@@ -246,7 +247,6 @@ class HostInterface(wiring.Component):
         with m.If(self.cc_done):
             m.d.sync += cc_status.eq(self.cc_status)
 
-        run_start = Signal()
         m.d.comb += seq.launch.eq(run_start)
 
         # Error latch: the first error wins until cleared.

@@ -32,9 +32,8 @@ Status
     ``busy``: a call is in progress. ``done`` (level): every unit of the last call has
     completed ``count`` iterations (also right after reset with an empty mask: 0).
     ``dep_stall`` (per cycle, for a performance counter): some unit could start but for its
-    dependence. ``launches``: a pulse per call. Unit errors are the host's business (it latches
-    ``status`` at ``done``); the sequencer keeps going, and the host's watchdog names units
-    still running.
+    dependence. Unit errors are the host's business (it latches ``status`` at ``done``); the
+    sequencer keeps going, and the host's watchdog names units still running.
 
 Cycle-level contract
     ``launch`` in cycle t: units start in t+1 (those without a dependence on iteration 0 of
@@ -85,7 +84,6 @@ class LoopSequencer(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             "dep_stall": Out(1),
-            "launches": Out(1),
         })
 
     def elaborate(self, platform):
@@ -109,8 +107,7 @@ class LoopSequencer(wiring.Component):
         for u in range(n):
             m.d.comb += finished[u].eq(~mask[u] | (completed[u] == count))
         m.d.comb += [self.done.eq(active & finished.all()),
-                     self.busy.eq(active & ~finished.all()),
-                     self.launches.eq(self.launch)]
+                     self.busy.eq(active & ~finished.all())]
 
         # Eligibility: taking part, idle, iterations left, dependence met.
         ready = Signal(n)            # could start but for the dependence
