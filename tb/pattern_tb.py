@@ -7,7 +7,9 @@ by :func:`sw.kernels.patterns.write_case`: ``name``, ``rbit`` (bitstream file), 
 (``{name, addr, file}``: HBM images to load), ``output`` (``{name, addr, nbytes}``: the region
 the kernel writes), ``expected`` (file with the golden bytes of that region), ``elem_bits``
 (8, 16 or 32: element width for the mismatch report), ``units`` (ids to start), ``watchdog``
-(cycles) and ``result`` (JSON written per case).
+(cycles), ``result`` (JSON written per case) and optionally ``calls`` (kernel calls as in
+:func:`tb.kernel_case.run_kernel_case`, e.g. ``[{"iteration": 3, "count": 1, "deps": {}}]``
+to run a layer kernel as layer 3).
 
 Per case (:func:`tb.kernel_case.run_kernel_case`): DMA the images into HBM; fill the output
 region with the bitwise complement of the expected bytes (so a kernel that writes nothing, or
@@ -55,7 +57,8 @@ async def patterns(dut):
         r = await run_kernel_case(
             drv, images=[(im["addr"], read_file(im["file"])) for im in case["images"]],
             rbit=read_file(case["rbit"]), units=case["units"], watchdog=case["watchdog"],
-            name=name, out_addr=out["addr"], fill=bytes(b ^ 0xFF for b in expected))
+            name=name, out_addr=out["addr"], fill=bytes(b ^ 0xFF for b in expected),
+            calls=case.get("calls"))
         got = r.pop("output")
         # counters again after the read-back: they then also hold the read-back's own reads
         counters_after = await drv.read_counters()

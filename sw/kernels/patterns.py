@@ -434,8 +434,11 @@ def decode_step_operands(qm, prompt_ids, layer: int) -> dict:
 
 # ---- running on the chip ------------------------------------------------------------------------
 
-def write_case(kernel: PatternKernel, out: Path, name: str | None = None) -> dict:
-    """Write the files ``tb/pattern_tb.py`` reads for one kernel run; return the case dict."""
+def write_case(kernel: PatternKernel, out: Path, name: str | None = None, *,
+               iteration: int = 0) -> dict:
+    """Write the files ``tb/pattern_tb.py`` reads for one kernel run; return the case dict.
+    ``iteration``: the sequencer iteration the kernel is launched at (its AGCUs add
+    ``iteration * iter_stride`` to their bases: a layer kernel run as layer ``iteration``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel.rbit").write_bytes(kernel.to_bytes())
@@ -456,6 +459,7 @@ def write_case(kernel: PatternKernel, out: Path, name: str | None = None) -> dic
             "elem_bits": kernel.elem_bits,
             "units": kernel.unit_ids,
             "watchdog": kernel.watchdog,
+            "calls": [{"iteration": iteration, "count": 1, "deps": {}}],
             "result": str((out / "tb_result.json").resolve())}
 
 

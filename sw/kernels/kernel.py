@@ -1,0 +1,98 @@
+"""What a decode pattern kernel is, for the compiler and the runtime: the contract every pattern
+builder of the decode (``sw/kernels/*.py``) follows.
+
+A decode kernel is *address-parameterised*: its builder takes the HBM byte address of every
+operand it reads or writes (a :class:`Ref`) and never lays out data itself; the compiler
+(``sw/compiler/``) decides the HBM map and the runtime (``sw/runtime/``) loads it. Test code
+builds :class:`sw.kernels.patterns.PatternKernel` cases around a kernel (images, expected
+bytes) to run it alone.
+
+Layers. A per-layer operand (weights, REQUANT words, a layer's KV cache) is a ``Ref(addr,
+iter_stride)``: the address of layer 0's copy and the bytes between consecutive layers' copies.
+The kernel's AGCU programs put ``iter_stride / beat_bytes`` in their ``ITER_STRIDE`` register,
+so launching the kernel at sequencer iteration ``l`` runs it on layer ``l`` (``op`` and
+``layer`` modes launch it once per layer at iteration ``l``; ``looped`` runs iterations
+``0..L-1`` in one call). Activations are ``Ref(addr)`` (stride 0: the same buffer every
+layer).
+
+Positions. Operands that move with the decode position (a RoPE table row, the KV-cache row
+appended, the number of cached positions attended) are builder arguments (``pos``): the
+kernel is built for one position. (In ``op`` mode every launch reconfigures the fabric anyway;
+the fused modes patch only the registers that differ.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hdl.params import RduParams
+from sw.kernels.builder import KernelBuilder, KernelError
+
+__all__ = ["Ref", "DecodeKernel", "as_ref"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An HBM operand: byte ``addr`` at iteration 0, plus ``iter_stride`` bytes per iteration.
+    Both must be beat-aligned (the memory system moves whole beats)."""
+    addr: int
+    iter_stride: int = 0
+
+    def beat(self, p: RduParams) -> int:
+        return self._beats(p, self.addr, "address")
+
+    def beat_stride(self, p: RduParams) -> int:
+        return self._beats(p, self.iter_stride, "per-iteration stride")
+
+    def at(self, offset: int) -> "Ref":
+        """The same operand ``offset`` bytes further (same stride)."""
+        return Ref(self.addr + offset, self.iter_stride)
+
+    @staticmethod
+    def _beats(p: RduParams, v: int, what: str) -> int:
+        if v % p.beat_bytes:
+            raise KernelError(f"HBM {what} {v} is not a multiple of the {p.beat_bytes}-byte beat")
+        return v // p.beat_bytes
+
+
+def as_ref(v) -> Ref:
+    """``Ref`` from a Ref, an int (stride 0) or an ``(addr, iter_stride)`` pair."""
+    if isinstance(v, Ref):
+        return v
+    if isinstance(v, int):
+        return Ref(v)
+    addr, stride = v
+    return Ref(int(addr), int(stride))
+
+
+@dataclass
+class DecodeKernel:
+    """One built decode kernel.
+
+    ``reads``/``writes``: operand name -> bytes moved per launch (one iteration), whole beats,
+    for the compiler's HBM-bytes-per-token figure and the runtime's checks. ``watchdog``: a
+    generous cycle budget for one launch (one iteration). ``outputs``: operand name -> Ref of
+    what the kernel writes (the runtime can read them back to compare with the golden trace)."""
+    pattern: str
+    params: RduParams
+    builder: KernelBuilder
+    roles: dict
+    watchdog: int
+    reads: dict = field(default_factory=dict)
+    writes: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def unit_ids(self) -> list[int]:
+        return self.builder.unit_ids()
+
+    @property
+    def hbm_bytes(self) -> int:
+        return sum(self.reads.values()) + sum(self.writes.values())
+
+    def to_bytes(self) -> bytes:
+        return self.builder.to_bytes()
+
+    def describe(self) -> str:
+        return self.builder.describe()
