@@ -44,6 +44,17 @@ class Ref:
     def beat_stride(self, p: RduParams) -> int:
         return self._beats(p, self.iter_stride, "per-iteration stride")
 
+    def program_kw(self, p: RduParams, beats: int, iterations: int) -> dict:
+        """``AgcuProgram`` keywords for a program walking ``beats`` beats from this operand in
+        every iteration ``0..iterations-1``: its ``iter_stride`` and a ``region`` covering all
+        the copies (an AGCU refuses addresses outside its region)."""
+        st = self.beat_stride(p)
+        if iterations < 1:
+            raise KernelError(f"iterations must be >= 1, got {iterations}")
+        span = beats + (iterations - 1) * abs(st)
+        first = self.beat(p) + min(0, (iterations - 1) * st)
+        return {"iter_stride": st, "region": (first, span)}
+
     def at(self, offset: int) -> "Ref":
         """The same operand ``offset`` bytes further (same stride)."""
         return Ref(self.addr + offset, self.iter_stride)
