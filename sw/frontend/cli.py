@@ -134,6 +134,36 @@ def parse_ids(text: str, vocab_size: int, what: str = "--prompt-ids") -> list[in
     return ids
 
 
+def prompt_ids(m, prompt: str | None, ids_text: str | None, tokens: int) -> list[int]:
+    """The prompt's token ids (``--prompt`` text with BOS, or ``--prompt-ids``), checked
+    against the vocabulary and, with ``tokens`` generated, the model's context."""
+    c = m.config
+    tok = m.tokenizer
+    if prompt is not None:
+        if tok is None:
+            raise UserError(f"model {m.name} has no tokenizer; give the prompt as token ids "
+                            f"with --prompt-ids")
+        try:
+            ids = list(tok.encode(prompt))
+        except ValueError as e:
+            raise UserError(f"cannot encode the prompt: {e}") from None
+        if tok.bos_id is not None:
+            ids = [tok.bos_id] + ids
+        if not ids:
+            raise UserError("the prompt is empty")
+        bad = [i for i in ids if not 0 <= i < c.vocab_size]
+        if bad:
+            raise UserError(f"the tokenizer produced id {bad[0]}, outside the model's "
+                            f"vocabulary (0..{c.vocab_size - 1})")
+    else:
+        ids = parse_ids(ids_text, c.vocab_size)
+    # the last generated token is never fed back, so it needs no KV-cache slot
+    if len(ids) + tokens - 1 > c.max_seq_len:
+        raise UserError(f"prompt ({len(ids)} tokens) + --tokens {tokens} exceeds the "
+                        f"model's max context {c.max_seq_len}")
+    return ids
+
+
 _ENGINES = {"float": "sw.reference", "int": "sw.golden"}
 
 
@@ -167,35 +197,13 @@ def _generate(p):
         if args.tokens < 1:
             raise UserError(f"--tokens must be at least 1, got {args.tokens}")
         m = _load(args.model)
-        c = m.config
-        tok = m.tokenizer
-        if args.prompt is not None:
-            if tok is None:
-                raise UserError(f"model {m.name} has no tokenizer; give the prompt as token ids "
-                                f"with --prompt-ids")
-            try:
-                ids = list(tok.encode(args.prompt))
-            except ValueError as e:
-                raise UserError(f"cannot encode the prompt: {e}") from None
-            if tok.bos_id is not None:
-                ids = [tok.bos_id] + ids
-            if not ids:
-                raise UserError("the prompt is empty")
-            bad = [i for i in ids if not 0 <= i < c.vocab_size]
-            if bad:
-                raise UserError(f"the tokenizer produced id {bad[0]}, outside the model's "
-                                f"vocabulary (0..{c.vocab_size - 1})")
-        else:
-            ids = parse_ids(args.prompt_ids, c.vocab_size)
-        # the last generated token is never fed back, so it needs no KV-cache slot
-        if len(ids) + args.tokens - 1 > c.max_seq_len:
-            raise UserError(f"prompt ({len(ids)} tokens) + --tokens {args.tokens} exceeds the "
-                            f"model's max context {c.max_seq_len}")
+        ids = prompt_ids(m, args.prompt, args.prompt_ids, args.tokens)
         generate = _engine_generate(args.engine)
         try:
             out = [int(t) for t in generate(m, ids, args.tokens)]
         except (ValueError, ModelFormatError) as e:
             raise UserError(f"--engine {args.engine}: {e}") from None
+        tok = m.tokenizer
         if tok is not None:
             print(tok.decode(ids + out))
         if args.ids or tok is None:

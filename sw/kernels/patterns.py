@@ -76,9 +76,11 @@ from hdl.params import RduParams
 from sw import intops
 from sw.golden import GoldenDecoder
 from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
+from sw.kernels.kernel import DecodeKernel, as_ref
 
 __all__ = ["PatternError", "HbmImage", "HbmRegion", "PatternKernel", "build_residual",
-           "build_swiglu", "build_argmax", "residual_data", "swiglu_data", "swiglu_constants",
+           "build_swiglu", "build_argmax", "residual_kernel", "swiglu_kernel", "swiglu_blob",
+           "argmax_kernel", "embed_kernel", "residual_data", "swiglu_data", "swiglu_constants",
            "argmax_data", "decode_step_operands", "place", "write_case", "run_cases",
            "SILU_ENTRIES"]
 
@@ -184,29 +186,27 @@ def _watchdog(p: RduParams, beats: int) -> int:
 
 # ---- residual -----------------------------------------------------------------------------------
 
-def build_residual(p: RduParams, x, y, *, name: str = "residual") -> PatternKernel:
-    """``x' = add_sat(x, y, 16)`` (``GoldenDecoder.residual``) on int16 vectors from HBM."""
-    x = _vector(x, 16, "residual x")
-    y = _vector(y, 16, "residual y")
-    if x.shape != y.shape:
-        raise PatternError(f"residual operands differ in length: {x.size} and {y.size}")
-    dim = x.size
+def residual_kernel(p: RduParams, *, dim: int, x, y, out, iterations: int = 1,
+                    name: str = "residual") -> DecodeKernel:
+    """Decode kernel ``out = add_sat(x, y, 16)`` on int16 vectors of ``dim`` elements (each
+    operand zero-padded to whole beats; ``out`` may be ``x`` itself: the PCU reads a beat of
+    each input before the beat it produces is written)."""
+    x, y, out = as_ref(x), as_ref(y), as_ref(out)
     per_beat = p.beat_bytes // 2                   # int16 per beat
     dp = _up(dim, per_beat)
     nbeats = dp // per_beat
+    if dim < 1:
+        raise PatternError(f"residual dim must be positive, got {dim}")
     if 2 * nbeats > 1 << 16:
         raise PatternError(f"dim {dim}: {2 * nbeats} PCU beats exceed the 16-bit counter")
-    hbm = _Hbm(p)
-    xa, ya, oa = hbm.take(2 * dp), hbm.take(2 * dp), hbm.take(2 * dp)
-    bb = p.beat_bytes
-    golden = GoldenDecoder.residual(x, y)
-    expected = _pad(golden.astype(np.int16), dp).astype(_dtype(16)).tobytes()
+    kw = lambda r: r.program_kw(p, nbeats, iterations)
 
     def build(u):
         kb = KernelBuilder(p, name)
-        kb.agcu(u["ax"], AgcuProgram.read(xa // bb, (nbeats,), (1,)), role="x load")
-        kb.agcu(u["ay"], AgcuProgram.read(ya // bb, (nbeats,), (1,)), role="y load")
-        kb.agcu(u["ao"], AgcuProgram.write(oa // bb, (nbeats,), (1,)), role="x' store")
+        kb.agcu(u["ax"], AgcuProgram.read(x.beat(p), (nbeats,), (1,), **kw(x)), role="x load")
+        kb.agcu(u["ay"], AgcuProgram.read(y.beat(p), (nbeats,), (1,), **kw(y)), role="y load")
+        kb.agcu(u["ao"], AgcuProgram.write(out.beat(p), (nbeats,), (1,), **kw(out)),
+                role="x' store")
         c = (PcuConfig(p).counters(2 * nbeats).vin(0, unpack=16).vin(1, unpack=16)
              .stage(0, FuOp.ADD_SAT, Src.VIN0, Src.VIN1, bits=16)
              .emit(0).reduce(Red.OFF).output(vout=True, pack_bits=16))
@@ -220,35 +220,58 @@ def build_residual(p: RduParams, x, y, *, name: str = "residual") -> PatternKern
     kb, roles = place(p, pcus=["P"], agcus=["ax", "ay", "ao"],
                       edges=[("ax", "P"), ("ay", "P"), ("P", "ao")], build=build,
                       error=PatternError)
-    kb.metadata.update({"pattern": "residual", "dim": dim, "roles": roles,
-                        "hbm": {"x": xa, "y": ya, "out": oa}})
+    kb.metadata.update({"pattern": "residual", "dim": dim, "roles": roles})
+    nb = nbeats * p.beat_bytes
+    return DecodeKernel("residual", p, kb, roles, _watchdog(p, 3 * nbeats),
+                        reads={"x": nb, "y": nb}, writes={"out": nb}, outputs={"out": out},
+                        info={"dim": dim})
+
+
+def build_residual(p: RduParams, x, y, *, name: str = "residual") -> PatternKernel:
+    """``x' = add_sat(x, y, 16)`` (``GoldenDecoder.residual``) on int16 vectors from HBM."""
+    x = _vector(x, 16, "residual x")
+    y = _vector(y, 16, "residual y")
+    if x.shape != y.shape:
+        raise PatternError(f"residual operands differ in length: {x.size} and {y.size}")
+    dim = x.size
+    dp = _up(dim, p.beat_bytes // 2)
+    hbm = _Hbm(p)
+    xa, ya, oa = hbm.take(2 * dp), hbm.take(2 * dp), hbm.take(2 * dp)
+    k = residual_kernel(p, dim=dim, x=xa, y=ya, out=oa, name=name)
+    golden = GoldenDecoder.residual(x, y)
+    expected = _pad(golden.astype(np.int16), dp).astype(_dtype(16)).tobytes()
+    k.builder.metadata["hbm"] = {"x": xa, "y": ya, "out": oa}
     images = [HbmImage("x", xa, _pad(x, dp).astype(_dtype(16)).tobytes()),
               HbmImage("y", ya, _pad(y, dp).astype(_dtype(16)).tobytes())]
-    return PatternKernel("residual", p, kb, roles, images, HbmRegion("x'", oa, 2 * dp),
-                         expected, 16, golden, {"dim": dim, "padded": dp},
-                         _watchdog(p, 3 * nbeats))
+    return PatternKernel("residual", p, k.builder, k.roles, images, HbmRegion("x'", oa, 2 * dp),
+                         expected, 16, golden, {"dim": dim, "padded": dp}, k.watchdog)
 
 
 # ---- SwiGLU -------------------------------------------------------------------------------------
 
-def build_swiglu(p: RduParams, qm, g8, u16, silu, m, s, *, name: str = "swiglu") -> PatternKernel:
-    """``h = REQUANT(SILU[g8 & 0xFF] * u16, m_c, s_c, bits)`` per channel, the golden model's
-    ``GoldenDecoder(qm).swiglu`` (``bits = qm.act_bits["mid"]``). ``silu``: the 256-entry
-    table; ``m``, ``s``: one REQUANT pair per channel (or one for all)."""
-    g8 = _vector(g8, 8, "swiglu gate g8")
-    u16 = _vector(u16, 16, "swiglu up u16")
-    hidden = g8.size
-    if u16.size != hidden:
-        raise PatternError(f"gate ({hidden}) and up ({u16.size}) differ in length")
+def swiglu_blob(p: RduParams, silu, m, s, hidden: int) -> bytes:
+    """The SwiGLU constants blob: the SiLU table as 256 int32 words, then one REQUANT word
+    ``m_c | s_c << 16`` per channel, zero-padded to whole beats of int8 ``hidden``."""
     silu = intops.as_int(silu)
     if silu.shape != (SILU_ENTRIES,):
         raise PatternError(f"the SiLU table must have {SILU_ENTRIES} entries, got {silu.shape}")
     intops.check_range(silu, 32, "SiLU table")
     m = np.broadcast_to(intops.as_int(m), (hidden,))
     s = np.broadcast_to(intops.as_int(s), (hidden,))
-    out_bits = int(qm.act_bits["mid"])
+    hp = _up(hidden, p.beat_bytes)
+    words = np.array([PcuConfig.requant_word(int(a), int(b)) for a, b in zip(m, s)], np.uint32)
+    return silu.astype("<i4").tobytes() + _pad(words, hp).astype("<u4").tobytes()
+
+
+def swiglu_kernel(p: RduParams, *, hidden: int, out_bits: int, g8, u16, const, out,
+                  iterations: int = 1, name: str = "swiglu") -> DecodeKernel:
+    """Decode kernel ``out = REQUANT(SILU[g8 & 0xFF] * u16, m_c, s_c, out_bits)``: ``g8`` int8
+    and ``u16`` int16 [hidden] activations, ``const`` the per-layer :func:`swiglu_blob`."""
+    g8, u16, const, out = as_ref(g8), as_ref(u16), as_ref(const), as_ref(out)
     if out_bits not in (8, 16):
         raise PatternError(f"SwiGLU output width {out_bits}: the packer takes 8 or 16 bit")
+    if hidden < 1:
+        raise PatternError(f"SwiGLU hidden must be positive, got {hidden}")
     bb, L = p.beat_bytes, p.lanes
     hp = _up(hidden, bb)                           # whole beats of int8 g8 (and of the rest)
     nv = hp // L                                   # 32-bit lane beats the PCUs run
@@ -260,24 +283,20 @@ def build_swiglu(p: RduParams, qm, g8, u16, silu, m, s, *, name: str = "swiglu")
                            f"exceed a PMU ({pmu_depth(p)} beats)")
     if nv > 1 << 16:
         raise PatternError(f"hidden {hidden}: {nv} PCU beats exceed the 16-bit counter")
-    words = np.array([PcuConfig.requant_word(int(a), int(b)) for a, b in zip(m, s)], np.uint32)
-    golden = GoldenDecoder(qm).swiglu(g8, u16, silu, m, s)
-    hbm = _Hbm(p)
-    ga, ua = hbm.take(hp), hbm.take(2 * hp)
-    ca = hbm.take(4 * (SILU_ENTRIES + hp))
-    oa = hbm.take(hp * out_bits // 8)
-    const_image = (silu.astype("<i4").tobytes()
-                   + _pad(words, hp).astype("<u4").tobytes())
-    expected = _pad(golden.astype(_dtype(out_bits)), hp).astype(_dtype(out_bits)).tobytes()
     out_beats = hp * out_bits // 8 // bb
+    kw = lambda r, n: r.program_kw(p, n, iterations)
 
     def build(u):
         kb = KernelBuilder(p, name)
-        kb.agcu(u["ag"], AgcuProgram.read(ga // bb, (hp // bb,), (1,)), role="g8 load")
-        kb.agcu(u["au"], AgcuProgram.read(ua // bb, (2 * hp // bb,), (1,)), role="u16 load")
-        kb.agcu(u["ac"], AgcuProgram.read(ca // bb, (const_beats,), (1,)),
+        kb.agcu(u["ag"], AgcuProgram.read(g8.beat(p), (hp // bb,), (1,), **kw(g8, hp // bb)),
+                role="g8 load")
+        kb.agcu(u["au"], AgcuProgram.read(u16.beat(p), (2 * hp // bb,), (1,),
+                                          **kw(u16, 2 * hp // bb)), role="u16 load")
+        kb.agcu(u["ac"], AgcuProgram.read(const.beat(p), (const_beats,), (1,),
+                                          **kw(const, const_beats)),
                 role="SiLU table + REQUANT words")
-        kb.agcu(u["ao"], AgcuProgram.write(oa // bb, (out_beats,), (1,)), role="h store")
+        kb.agcu(u["ao"], AgcuProgram.write(out.beat(p), (out_beats,), (1,),
+                                           **kw(out, out_beats)), role="h store")
         # The LUT PMU stores the whole constants stream (its branch of the multicast must take
         # every beat) and serves gathers over the table, words 0..255, once it is loaded.
         lut = PmuConfig(sync=True, wr_passes=1, wr_counts=(const_beats,), wr_strides=(1,),
@@ -321,40 +340,66 @@ def build_swiglu(p: RduParams, qm, g8, u16, silu, m, s, *, name: str = "swiglu")
                       agcus=["ag", "au", "ac", "ao"], edges=edges, build=build,
                       error=PatternError)
     kb.metadata.update({"pattern": "swiglu", "hidden": hidden, "out_bits": out_bits,
-                        "roles": roles,
-                        "hbm": {"g8": ga, "u16": ua, "constants": ca, "out": oa}})
+                        "roles": roles})
+    moved = hp // bb + 2 * hp // bb + const_beats + out_beats
+    return DecodeKernel("swiglu", p, kb, roles, _watchdog(p, moved + 16 * nv),
+                        reads={"g8": hp, "u16": 2 * hp, "const": const_beats * bb},
+                        writes={"out": out_beats * bb}, outputs={"out": out},
+                        info={"hidden": hidden, "out_bits": out_bits})
+
+
+def build_swiglu(p: RduParams, qm, g8, u16, silu, m, s, *, name: str = "swiglu") -> PatternKernel:
+    """``h = REQUANT(SILU[g8 & 0xFF] * u16, m_c, s_c, bits)`` per channel, the golden model's
+    ``GoldenDecoder(qm).swiglu`` (``bits = qm.act_bits["mid"]``). ``silu``: the 256-entry
+    table; ``m``, ``s``: one REQUANT pair per channel (or one for all)."""
+    g8 = _vector(g8, 8, "swiglu gate g8")
+    u16 = _vector(u16, 16, "swiglu up u16")
+    hidden = g8.size
+    if u16.size != hidden:
+        raise PatternError(f"gate ({hidden}) and up ({u16.size}) differ in length")
+    out_bits = int(qm.act_bits["mid"])
+    const_image = swiglu_blob(p, silu, m, s, hidden)
+    m = np.broadcast_to(intops.as_int(m), (hidden,))
+    s = np.broadcast_to(intops.as_int(s), (hidden,))
+    bb = p.beat_bytes
+    hp = _up(hidden, bb)
+    hbm = _Hbm(p)
+    ga, ua = hbm.take(hp), hbm.take(2 * hp)
+    ca = hbm.take(len(const_image))
+    oa = hbm.take(hp * out_bits // 8)
+    k = swiglu_kernel(p, hidden=hidden, out_bits=out_bits, g8=ga, u16=ua, const=ca, out=oa,
+                      name=name)
+    golden = GoldenDecoder(qm).swiglu(g8, u16, intops.as_int(silu), m, s)
+    expected = _pad(golden.astype(_dtype(out_bits)), hp).astype(_dtype(out_bits)).tobytes()
+    k.builder.metadata["hbm"] = {"g8": ga, "u16": ua, "constants": ca, "out": oa}
     images = [HbmImage("g8", ga, _pad(g8, hp).astype(_dtype(8)).tobytes()),
               HbmImage("u16", ua, _pad(u16, hp).astype(_dtype(16)).tobytes()),
               HbmImage("constants", ca, const_image)]
-    moved = hp // bb + 2 * hp // bb + const_beats + out_beats
-    return PatternKernel("swiglu", p, kb, roles, images, HbmRegion("h", oa, out_beats * bb),
-                         expected, out_bits, golden, {"hidden": hidden, "padded": hp},
-                         _watchdog(p, moved + 16 * nv))
+    return PatternKernel("swiglu", p, k.builder, k.roles, images,
+                         HbmRegion("h", oa, k.writes["out"]), expected, out_bits, golden,
+                         {"hidden": hidden, "padded": hp}, k.watchdog)
 
 
 # ---- argmax -------------------------------------------------------------------------------------
 
-def build_argmax(p: RduParams, logits, *, name: str = "argmax") -> PatternKernel:
-    """The lowest index of the maximum of int32 ``logits`` (``GoldenDecoder.argmax``), written
-    to HBM as one beat: the index as int32 in bytes 0..3, zeros after."""
-    v = _vector(logits, 32, "argmax logits")
-    vocab = v.size
+def argmax_kernel(p: RduParams, *, vocab: int, logits, out, name: str = "argmax") -> DecodeKernel:
+    """Decode kernel: the lowest index of the maximum of int32 ``logits`` [vocab] (padded to
+    whole beats with ``INT32_MIN``, or ``vocab`` a multiple of the lanes), written as one beat:
+    the index as int32 in bytes 0..3, zeros after."""
+    logits, out = as_ref(logits), as_ref(out)
     L, bb = p.lanes, p.beat_bytes
-    vp = _up(vocab, L)
-    nbeats = vp // L
+    if vocab < 1:
+        raise PatternError(f"argmax vocab must be positive, got {vocab}")
+    nbeats = _up(vocab, L) // L
     if nbeats > 1 << 16:
         raise PatternError(f"vocab {vocab}: {nbeats} beats exceed the 16-bit PCU counter")
-    hbm = _Hbm(p)
-    la, oa = hbm.take(4 * vp), hbm.take(bb)
-    golden = GoldenDecoder.argmax(v)
-    expected = np.zeros(bb // 4, "<i4")
-    expected[0] = golden
-    expected = expected.tobytes()
 
     def build(u):
         kb = KernelBuilder(p, name)
-        kb.agcu(u["al"], AgcuProgram.read(la // bb, (nbeats,), (1,)), role="logits load")
-        kb.agcu(u["ao"], AgcuProgram.write(oa // bb, (1,), (1,)), role="index store")
+        kb.agcu(u["al"], AgcuProgram.read(logits.beat(p), (nbeats,), (1,),
+                                          **logits.program_kw(p, nbeats, 1)), role="logits load")
+        kb.agcu(u["ao"], AgcuProgram.write(out.beat(p), (1,), (1,), **out.program_kw(p, 1, 1)),
+                role="index store")
         c = (PcuConfig(p).counters(nbeats).vin(0).emit(0).reduce(Red.MAXIDX)
              .post(FuOp.PASS, Src.PREV, acc_op=AccOp.ARGMAX, acc_level=1)
              .output(vout=True, sout=False, pack_bits=32))
@@ -366,11 +411,65 @@ def build_argmax(p: RduParams, logits, *, name: str = "argmax") -> PatternKernel
 
     kb, roles = place(p, pcus=["P"], agcus=["al", "ao"], edges=[("al", "P"), ("P", "ao")],
                       build=build, error=PatternError)
-    kb.metadata.update({"pattern": "argmax", "vocab": vocab, "roles": roles,
-                        "hbm": {"logits": la, "out": oa}})
+    kb.metadata.update({"pattern": "argmax", "vocab": vocab, "roles": roles})
+    return DecodeKernel("argmax", p, kb, roles, _watchdog(p, nbeats + 1),
+                        reads={"logits": nbeats * bb}, writes={"out": bb}, outputs={"out": out},
+                        info={"vocab": vocab})
+
+
+def build_argmax(p: RduParams, logits, *, name: str = "argmax") -> PatternKernel:
+    """The lowest index of the maximum of int32 ``logits`` (``GoldenDecoder.argmax``), written
+    to HBM as one beat: the index as int32 in bytes 0..3, zeros after."""
+    v = _vector(logits, 32, "argmax logits")
+    vocab = v.size
+    vp = _up(vocab, p.lanes)
+    hbm = _Hbm(p)
+    la, oa = hbm.take(4 * vp), hbm.take(p.beat_bytes)
+    k = argmax_kernel(p, vocab=vocab, logits=la, out=oa, name=name)
+    golden = GoldenDecoder.argmax(v)
+    expected = np.zeros(p.beat_bytes // 4, "<i4")
+    expected[0] = golden
+    k.builder.metadata["hbm"] = {"logits": la, "out": oa}
     images = [HbmImage("logits", la, _pad(v, vp, INT32_MIN).astype("<i4").tobytes())]
-    return PatternKernel("argmax", p, kb, roles, images, HbmRegion("index", oa, bb), expected,
-                         32, golden, {"vocab": vocab, "padded": vp}, _watchdog(p, nbeats + 1))
+    return PatternKernel("argmax", p, k.builder, k.roles, images,
+                         HbmRegion("index", oa, p.beat_bytes), expected.tobytes(), 32, golden,
+                         {"vocab": vocab, "padded": vp}, k.watchdog)
+
+
+# ---- embedding gather -----------------------------------------------------------------------------
+
+def embed_kernel(p: RduParams, *, dim: int, table, token: int, out,
+                 name: str = "embed") -> DecodeKernel:
+    """Decode kernel ``out = EMB[token]`` (``GoldenDecoder.embed``): the embedding table is
+    int16 rows of ``dim`` elements, each padded to whole beats (``table`` = row 0); the AGCU
+    reads row ``token`` (its base is the host's argument: the token the host just read back)
+    and a PCU passes the beats to the writing AGCU."""
+    table, out = as_ref(table), as_ref(out)
+    if dim < 1:
+        raise PatternError(f"embedding dim must be positive, got {dim}")
+    if token < 0:
+        raise PatternError(f"token id must be >= 0, got {token}")
+    nbeats = _up(2 * dim, p.beat_bytes) // p.beat_bytes
+    src = table.at(token * nbeats * p.beat_bytes)
+
+    def build(u):
+        kb = KernelBuilder(p, name)
+        kb.agcu(u["ar"], AgcuProgram.read(src.beat(p), (nbeats,), (1,)), role="row load")
+        kb.agcu(u["aw"], AgcuProgram.write(out.beat(p), (nbeats,), (1,)), role="x store")
+        c = (PcuConfig(p).counters(nbeats).vin(0).emit(0).reduce(Red.OFF)
+             .output(vout=True, pack_bits=32))
+        kb.pcu(u["P"], c, role="pass", summary=f"PASS {nbeats} beats")
+        kb.route(f"{u['ar']}.rd", f"{u['P']}.vin0", what="embedding row int16")
+        kb.route(f"{u['P']}.vout", f"{u['aw']}.wr", what="x int16")
+        return kb, u
+
+    kb, roles = place(p, pcus=["P"], agcus=["ar", "aw"], edges=[("ar", "P"), ("P", "aw")],
+                      build=build, error=PatternError)
+    kb.metadata.update({"pattern": "embed", "dim": dim, "token": token, "roles": roles})
+    nb = nbeats * p.beat_bytes
+    return DecodeKernel("embed", p, kb, roles, _watchdog(p, 2 * nbeats),
+                        reads={"row": nb}, writes={"out": nb}, outputs={"out": out},
+                        info={"dim": dim, "token": token})
 
 
 # ---- operands -----------------------------------------------------------------------------------

@@ -1,12 +1,9 @@
-"""``rdu sim``: run the chip on Verilator.
+"""``rdu sim``: greedy decode of a model on the Verilator chip, bit-exact with the golden model.
 
-Today the chip has its memory system, host interface, config controller and compute fabric; the
-compiler and the looping sequencer come in later issues. So ``rdu sim`` builds the chip RTL
-(cached; memory system and host side at the default geometry), brings it up through its host
-ports (ID, geometry hash, a DMA round trip through the HBM model,
-counters, a refused transfer), reports what it measured, and then says plainly that decode on
-the chip is not there yet. It exits 0 when the bring-up passed (the part that exists works) and
-prints where the missing stages will live.
+Builds the chip RTL (cached), compiles the model (``sw/compiler/program.py``), runs the decode
+loop of ``sw/runtime/decode.py`` in cocotb with the golden model in lockstep, shows a progress
+bar, prints the text, cycles/token, HBM utilisation, launches/token and the cycle attribution,
+and writes ``result.json`` (``sw/runtime/sim.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +14,8 @@ from pathlib import Path
 
 from sw.cli import UserError, command
 
-MISSING = ("decode on the chip needs the rest of the compiler (the RMSNorm, RoPE, attention and "
-           "softmax patterns, the mapper that fuses a decoder layer into one kernel) and the "
-           "runtime's decode loop; the fabric, the looping sequencer and the first pattern "
-           "kernels run on the chip today (try `rdu kernel gemv --rows 256 --cols 256 --layers 4 "
-           "--mode looped`)")
+DEFAULT_MODEL = "models/kjv-280k"
+DEFAULT_PROMPT = "And God said,"
 
 
 def default_out(kind: str) -> Path:
@@ -29,59 +23,88 @@ def default_out(kind: str) -> Path:
     return Path("sim_results") / f"{kind}-{stamp}"
 
 
-def bringup(out: Path, seed: int = 1, nbytes: int = 4096, waves: bool = False) -> dict:
-    """Build the chip and run the cocotb bring-up test; returns its result dict."""
-    from hdl.chip import Chip
-    from hdl.params import DEFAULT_PARAMS
-    from tb.runner import build, check_results, run
-
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    # The default-geometry fabric takes over an hour to compile under Verilator (see
-    # tb/geometries.py), so bring-up builds the full-size memory system and host side only.
-    b = build(Chip(DEFAULT_PARAMS, fabric=False), "rdu_chip", key="fabric=False", waves=waves)
-    build_s = time.monotonic() - t0
-    result_file = out / "bringup.json"
-    args = {"params": DEFAULT_PARAMS.to_dict(), "seed": seed, "bytes": nbytes,
-            "result": str(result_file.resolve())}
-    t1 = time.monotonic()
-    xml = run(b, "tb.chip_bringup_tb", env={"MINIRDU_ARGS": json.dumps(args)}, waves=waves,
-              test_dir=out)
-    check_results(xml)
-    res = json.loads(result_file.read_text())
-    res.update({"build_seconds": round(build_s, 2), "build_cached": b.cached,
-                "run_seconds": round(time.monotonic() - t1, 2)})
-    result_file.write_text(json.dumps(res, indent=2))
-    return res
+def print_attribution(att: dict) -> None:
+    total = att.get("cycles") or 1
+    print(f"  {'where the cycles of a token go':<34}{'cycles':>10}{'share':>8}")
+    for k, label in (("hbm_busy", "HBM busy"), ("run_hbm_idle", "kernels running, HBM idle"),
+                     ("config", "reconfiguration (bitstream loads)"),
+                     ("launch", "host launch overhead"), ("host", "host reads (token, counters)")):
+        v = att.get(k, 0)
+        print(f"  {label:<34}{v:>10,.0f}{100 * v / total:>7.1f}%")
+    print(f"  {'total':<34}{total:>10,.0f}")
 
 
-@command("sim", "run a model on the Verilator chip (today: chip bring-up only)")
+@command("sim", "decode a model on the Verilator chip, bit-exact with the golden model")
 def _sim(parser):
-    parser.add_argument("model", nargs="?", default=None, help="model path (default: shipped model)")
-    parser.add_argument("--prompt", default=None)
-    parser.add_argument("--prompt-ids", default=None)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--mode", choices=["op", "layer", "looped"], default="looped")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--waves", action="store_true")
-    parser.add_argument("--launch-overhead", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"model path (default: {DEFAULT_MODEL})")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--prompt", metavar="TEXT", default=None,
+                   help=f"prompt text (default: {DEFAULT_PROMPT!r})")
+    g.add_argument("--prompt-ids", metavar="IDS", default=None, help="prompt token ids")
+    parser.add_argument("--tokens", type=int, default=32, metavar="N", help="tokens to generate")
+    parser.add_argument("--mode", choices=["op", "layer", "looped"], default="op",
+                        help="op: one kernel per pattern (the mode built so far)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("--waves", action="store_true", help="write a VCD of the run")
+    parser.add_argument("--launch-overhead", type=int, default=None, metavar="C",
+                        help="host launch latency in cycles per launch (default 4000 = 5 us "
+                             "at 800 MHz)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare every kernel's output with the golden trace (slower)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="KV-cache positions to allocate (default: the model's max_seq_len)")
 
     def run(args):
-        if args.tokens <= 0:
-            raise UserError("--tokens must be positive")
-        out = args.out or default_out("sim")
-        print("building the chip RTL on Verilator (cached after the first build) ...", flush=True)
+        from sw.compiler.program import CompileError, compile_decode
+        from sw.frontend import load_model
+        from sw.frontend.cli import prompt_ids
+        from sw.frontend.errors import ModelFormatError
+        from sw.golden import quantized
+        from sw.runtime.sim import LAUNCH_OVERHEAD_DEFAULT, DecodeFailed, run_decode
+
+        if args.tokens < 1:
+            raise UserError(f"--tokens must be at least 1, got {args.tokens}")
         try:
-            res = bringup(out, seed=args.seed, waves=args.waves)
-        except AssertionError as e:
-            raise UserError(f"chip bring-up failed: {str(e).splitlines()[0]}") from None
-        print(f"chip bring-up passed: ID and RduParams hash match, DMA round trip of "
-              f"{2 * res['bytes']} bytes through HBM bit-exact, counters consistent "
-              f"({res['cycles']} cycles; build {res['build_seconds']} s"
-              f"{' (cached)' if res['build_cached'] else ''}, run {res['run_seconds']} s)")
-        print(f"results: {out / 'bringup.json'}")
-        print(f"not yet: {MISSING}; `rdu sim` will decode "
-              f"{args.tokens} tokens in '{args.mode}' mode once they land.")
-        return 0
+            m = load_model(args.model)
+        except (OSError, ModelFormatError) as e:
+            raise UserError(f"cannot load {args.model}: {e}") from None
+        prompt = args.prompt
+        if prompt is None and args.prompt_ids is None:
+            prompt = DEFAULT_PROMPT
+        ids = prompt_ids(m, prompt, args.prompt_ids, args.tokens)
+        lo = LAUNCH_OVERHEAD_DEFAULT if args.launch_overhead is None else args.launch_overhead
+        if lo < 0:
+            raise UserError("--launch-overhead must be >= 0")
+        try:       # fail on the compile here, before building anything
+            compile_decode(quantized(m), mode=args.mode, context=args.context)
+        except CompileError as e:
+            raise UserError(str(e)) from None
+        out = args.out or default_out("sim")
+        print(f"model {m.name}: {m.config.n_layers} layers, dim {m.config.dim}; mode "
+              f"{args.mode}; {len(ids)} prompt tokens, {args.tokens} to generate; building the "
+              f"chip RTL (cached after the first build) ...", flush=True)
+        try:
+            res = run_decode(args.model, prompt_ids=ids, tokens=args.tokens, mode=args.mode,
+                             out=out, launch_overhead_cycles=lo, check=args.check,
+                             waves=args.waves, context=args.context, tokenizer=m.tokenizer)
+        except DecodeFailed as e:
+            raise UserError(f"decode on the chip failed: {str(e).splitlines()[0]}") from None
+        if res["text"] is not None:
+            print(f"\n{res['prompt']}{res['text']}\n")
+        print(f"tokens:           {','.join(map(str, res['tokens']))}")
+        print(f"bit-exact:        {res['bit_exact']} (tokens and the last step's logits vs the "
+              f"golden model)")
+        print(f"cycles/token:     {res['cycles_per_token']:,.0f}  (launch overhead "
+              f"{lo} cycles x {res['kernel_launches_per_token']:.0f} launches included)")
+        print(f"HBM utilisation:  {100 * res['hbm_utilization']:.1f}% of "
+              f"{res['hbm_peak_bytes_per_cycle']} B/cycle ({res['hbm_bytes_per_token']:,.0f} "
+              f"B/token)")
+        print(f"launches/token:   {res['kernel_launches_per_token']:.0f}")
+        print_attribution(res["attribution"])
+        print(f"simulation:       {res['sim_cycles']:,.0f} cycles at "
+              f"{res['sim_cycles_per_second']:,.0f} cycles/s; build {res['build_seconds']} s"
+              f"{' (cached)' if res['build_cached'] else ''}; wall {res['wall_seconds']} s")
+        print(f"results:          {Path(out) / 'result.json'}")
+        return 0 if res["bit_exact"] else 1
     return run

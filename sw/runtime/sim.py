@@ -1,0 +1,182 @@
+"""``rdu sim`` behind the CLI: build the chip, run a decode on Verilator, write ``result.json``.
+
+:func:`run_decode` builds (or reuses) the chip's Verilator model, runs ``tb/decode_tb.py`` (the
+decode loop of :mod:`sw.runtime.decode` with the golden model in lockstep) in a thread while
+it draws a progress bar from the testbench's per-step progress file, and turns the
+testbench's raw figures into the result (fields of DESIGN.md section 6) and the per-token
+cycle attribution.
+
+Attribution (per generated token, simulated cycles, from the testbench's clock around each
+phase and the chip's counters; the parts add up to ``cycles_per_token``):
+
+``hbm_busy``        cycles in which the HBM controller was serving requests (counter
+                    ``hbm_busy_cycles``), kernels and host reads together
+``run_hbm_idle``    cycles inside kernel calls with HBM idle: pipeline fill before the first
+                    beat returns, drain after the last, dependence stalls, compute
+``config``          bitstream loads (reconfiguration before each kernel in ``op`` mode)
+``launch``          the host's launch overhead (``launch_overhead_cycles`` per launch)
+``host``            the rest: reading the next token and the counters back, CSR traffic
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["run_decode", "attribution", "DecodeFailed"]
+
+LAUNCH_OVERHEAD_DEFAULT = 4000
+
+
+class DecodeFailed(RuntimeError):
+    pass
+
+
+def attribution(steps: list, peak: int) -> dict:
+    """Average per-token cycle attribution over ``steps`` (testbench step figures)."""
+    if not steps:
+        return {}
+    n = len(steps)
+    cyc = sum(s["cycles"] for s in steps) / n
+    ph = {k: sum(s["phases"][k] for s in steps) / n for k in ("config", "launch", "run",
+                                                              "readback")}
+    busy = sum(s["counters"]["hbm_busy_cycles"] for s in steps) / n
+    busy_in_run = min(busy, ph["run"])
+    out = {"cycles": cyc,
+           "hbm_busy": busy_in_run,
+           "run_hbm_idle": ph["run"] - busy_in_run,
+           "config": ph["config"],
+           "launch": ph["launch"],
+           "host": cyc - ph["run"] - ph["config"] - ph["launch"]}
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _bytes_moved(step: dict, p) -> int:
+    c = step["counters"]
+    beats = sum(c[f"ch{i}_rd_beats"] + c[f"ch{i}_wr_beats"] for i in range(p.hbm_channels))
+    return beats * p.beat_bytes
+
+
+def _progress(path: Path, total: int, prompt_len: int, stop: threading.Event, tok=None):
+    """Draw a progress bar on stderr from the testbench's progress lines."""
+    done = 0
+    last = ""
+    while not stop.is_set():
+        time.sleep(0.5)
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines()
+        gen = [json.loads(x) for x in lines if x.strip()]
+        gen = [g for g in gen if g["generated"]]
+        if len(gen) != done or not lines:
+            done = len(gen)
+            width = 30
+            fill = int(width * done / max(total, 1))
+            text = ""
+            if tok is not None and gen:
+                text = tok.decode([g["next"] for g in gen]).replace("\n", " ")[-40:]
+            line = (f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} tokens"
+                    f"{' (prompt ' + str(len(lines)) + '/' + str(prompt_len) + ')' if not gen else ''}"
+                    f"  {text}")
+            if line != last:
+                sys.stderr.write(line.ljust(len(last)))
+                sys.stderr.flush()
+                last = line
+    if last:
+        sys.stderr.write("\n")
+
+
+def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "op", out: Path,
+               launch_overhead_cycles: int = LAUNCH_OVERHEAD_DEFAULT, check: bool = False,
+               waves: bool = False, params=None, context: int | None = None,
+               progress: bool = True, tokenizer=None) -> dict:
+    from hdl.chip import Chip
+    from hdl.params import DEFAULT_PARAMS
+    from sw.frontend import load_model
+    from tb.runner import build, check_results, run
+
+    p = params or DEFAULT_PARAMS
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(model_path)
+    t0 = time.monotonic()
+    b = build(Chip(p), "rdu_chip", waves=waves)
+    build_s = time.monotonic() - t0
+    prog_file, tb_file = out / "progress.jsonl", out / "tb_result.json"
+    for f in (prog_file, tb_file):
+        if f.exists():
+            f.unlink()
+    args = {"params": p.to_dict(), "model": str(Path(model_path).resolve()), "mode": mode,
+            "context": context, "prompt_ids": prompt_ids, "tokens": tokens,
+            "launch_overhead_cycles": launch_overhead_cycles, "check": check,
+            "progress": str(prog_file), "result": str(tb_file)}
+    stop = threading.Event()
+    bar = None
+    if progress:
+        bar = threading.Thread(target=_progress, args=(prog_file, tokens, len(prompt_ids), stop,
+                                                        tokenizer), daemon=True)
+        bar.start()
+    t1 = time.monotonic()
+    err = None
+    try:
+        xml = run(b, "tb.decode_tb", env={"MINIRDU_ARGS": json.dumps(args)}, waves=waves,
+                  test_dir=out)
+        check_results(xml)
+    except AssertionError as e:
+        err = e
+    finally:
+        stop.set()
+        if bar:
+            bar.join()
+    wall = time.monotonic() - t1
+    if not tb_file.exists():
+        raise DecodeFailed(f"the decode testbench wrote no result ({err})")
+    tb = json.loads(tb_file.read_text())
+    if tb.get("error") or err is not None:
+        raise DecodeFailed(tb.get("error") or str(err))
+    steps = tb["steps"]
+    gen = [s for s in steps if s["generated"]]
+    n = max(len(gen), 1)
+    cyc = sum(s["cycles"] for s in gen) / n
+    bytes_tok = sum(_bytes_moved(s, p) for s in gen) / n
+    peak = p.hbm_peak_bytes_per_cycle
+    launches = sum(s["launches"] for s in gen) / n
+    sim_cycles = tb["sim_cycles"]
+    text = tokenizer.decode(tb["tokens"]) if tokenizer is not None else None
+    res = {
+        "model": str(model_path),
+        "model_name": model.name if hasattr(model, "name") else str(model_path),
+        "mode": mode,
+        "prompt": tokenizer.decode(prompt_ids) if tokenizer is not None else None,
+        "prompt_ids": prompt_ids,
+        "tokens": tb["tokens"],
+        "text": text,
+        "golden_tokens": tb["golden_tokens"],
+        "bit_exact": tb["tokens"] == tb["golden_tokens"] and tb.get("logits_bit_exact", False),
+        "logits_bit_exact": tb.get("logits_bit_exact", False),
+        "cycles_per_token": round(cyc, 1),
+        "hbm_bytes_per_token": round(bytes_tok, 1),
+        "hbm_peak_bytes_per_cycle": peak,
+        "hbm_utilization": round(bytes_tok / (cyc * peak), 4) if cyc else 0.0,
+        "kernel_launches_per_token": launches,
+        "launch_overhead_cycles": launch_overhead_cycles,
+        "sim_cycles": sim_cycles,
+        "sim_cycles_per_second": round(sim_cycles / tb["run_wall_seconds"], 1),
+        "attribution": attribution(gen, peak),
+        "check": check,
+        "compile_seconds": round(tb["compile_seconds"], 3),
+        "build_seconds": round(build_s, 1),
+        "build_cached": b.cached,
+        "wall_seconds": round(wall, 1),
+        "params": p.to_dict(),
+        "per_token": [{"pos": s["pos"], "token_in": s["token_in"], "next": s["next"],
+                       "generated": s["generated"], "cycles": s["cycles"],
+                       "phases": s["phases"], "launches": s["launches"],
+                       "hbm_bytes": _bytes_moved(s, p)} for s in steps],
+        "kernel_cycles_last_token": steps[-1]["kernels"] if steps else [],
+    }
+    (out / "result.json").write_text(json.dumps(res, indent=1))
+    return res
