@@ -18,7 +18,8 @@ import pytest
 from sw.frontend import load_model
 from sw.golden import GoldenDecoder, quantized
 from sw.kernels.gemv import REDUCED_PARAMS
-from sw.kernels.patterns import (argmax_data, build_argmax, build_residual, build_swiglu,
+from sw.kernels.patterns import (argmax_data, build_argmax, build_embed, build_residual,
+                                 build_swiglu,
                                  decode_step_operands, residual_data, run_cases, swiglu_constants,
                                  swiglu_data, write_case)
 
@@ -120,6 +121,28 @@ def test_argmax(tmp_path, step):
     results = _run(tmp_path, ks)
     # One beat of 16 logits per cycle after the fill. 4096: 443 cycles today.
     assert results[1]["counters"]["run_busy_cycles"] < 250 + 4096 // 16
+
+
+def test_embed(tmp_path, qm):
+    """The embedding gather: the decode's own table (rows padded to beats), first, last and
+    random tokens, and a table whose rows are not whole beats (dim 40)."""
+    rng = np.random.default_rng(34)
+    vocab = qm.emb.shape[0]
+    ks = [(f"embed token {t}", build_embed(P, qm.emb, t)) for t in (0, vocab - 1, 97)]
+    odd = rng.integers(-(1 << 15), 1 << 15, (50, 40)).astype(np.int16)
+    ks.append(("embed dim 40 token 49", build_embed(P, odd, 49)))
+    for label, k in ks:
+        assert np.array_equal(k.golden, GoldenDecoder(qm).embed(k.shape["token"])) \
+            or k.shape["dim"] != qm.emb.shape[1], label
+    cases = [write_case(k, tmp_path / f"case{i}", name=label) for i, (label, k) in enumerate(ks)]
+    results, _, err = run_cases(P, cases, tmp_path)
+    assert err is None, err
+    for (label, k), res in zip(ks, results):
+        assert res["bit_exact"], (label, res["first_mismatch"])
+        c = res["counters"]                      # one row read, one row written: nothing else
+        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
+        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
+        assert rd == wr == k.output.nbytes, (label, c)
 
 
 def test_wrong_golden_fails(tmp_path, qm):

@@ -80,7 +80,7 @@ from sw.kernels.kernel import DecodeKernel, as_ref
 
 __all__ = ["PatternError", "HbmImage", "HbmRegion", "PatternKernel", "build_residual",
            "build_swiglu", "build_argmax", "residual_kernel", "swiglu_kernel", "swiglu_blob",
-           "argmax_kernel", "embed_kernel", "residual_data", "swiglu_data", "swiglu_constants",
+           "argmax_kernel", "embed_kernel", "build_embed", "residual_data", "swiglu_data", "swiglu_constants",
            "argmax_data", "decode_step_operands", "place", "write_case", "run_cases",
            "SILU_ENTRIES"]
 
@@ -470,6 +470,27 @@ def embed_kernel(p: RduParams, *, dim: int, table, token: int, out,
     return DecodeKernel("embed", p, kb, roles, _watchdog(p, 2 * nbeats),
                         reads={"row": nb}, writes={"out": nb}, outputs={"out": out},
                         info={"dim": dim, "token": token})
+
+
+def build_embed(p: RduParams, emb, token: int, *, name: str = "embed") -> PatternKernel:
+    """``x = EMB[token]`` (``GoldenDecoder.embed``) from an int16 table (vocab x dim) laid
+    out as the decode does it (rows padded to whole beats)."""
+    emb = intops.check_range(emb, 16, "embedding table")
+    if emb.ndim != 2:
+        raise PatternError(f"the embedding table must be 2-D (vocab, dim), got {emb.shape}")
+    vocab, dim = emb.shape
+    if not 0 <= token < vocab:
+        raise PatternError(f"token {token} outside the table (0..{vocab - 1})")
+    rb = _up(2 * dim, p.beat_bytes)
+    table = np.zeros((vocab, rb // 2), "<i2")
+    table[:, :dim] = emb
+    hbm = _Hbm(p)
+    ta, oa = hbm.take(table.nbytes), hbm.take(rb)
+    k = embed_kernel(p, dim=dim, table=ta, token=token, out=oa, name=name)
+    golden = emb[token].astype(np.int16)
+    return PatternKernel("embed", p, k.builder, k.roles, [HbmImage("table", ta, table.tobytes())],
+                         HbmRegion("x", oa, rb), table[token].tobytes(), 16, golden,
+                         {"vocab": vocab, "dim": dim, "token": token}, k.watchdog)
 
 
 # ---- operands -----------------------------------------------------------------------------------
