@@ -1,0 +1,212 @@
+"""RMSNorm decode kernel (``sw/kernels/rmsnorm.py``) on the default chip (Verilator), bit-exact
+with ``GoldenDecoder.rmsnorm``.
+
+``test_rmsnorm_decode_step``: the three norms of a real golden decode step of
+``models/kjv-280k`` (the inputs and outputs of the decoder's own trace): norm1 of layer 0
+launched at iteration 0, norm1 of layer 3 and norm2 of layer 2 launched at iterations 3 and 2
+with every layer's constants blob in HBM at a layer stride (a wrong stride or iteration reads
+another layer's words), and the final norm.
+
+``test_rmsnorm_random``: dims 32, 64, 96, 128 (and an unaligned one with 16-bit output) with
+x over the full int16 range, extreme (every |x| = 32767), tiny (|x| <= 2) and all zero
+(v = eps), per-channel pairs from the model or random; one case with a corrupted golden
+image, which must be reported (and only it).
+
+Every case checks the whole padded output region (filled with the complement of the expected
+bytes before the run) and the HBM traffic (x and the constants read once, the output written
+once).
+"""
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+
+from hdl.params import DEFAULT_PARAMS
+from sw import intops
+from sw.frontend import load_model
+from sw.golden import GoldenDecoder, quantized
+from sw.kernels.kernel import Ref
+from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel, run_cases, write_case
+from sw.kernels.rmsnorm import build_rmsnorm, rmsnorm_constants, rmsnorm_layout
+
+pytestmark = pytest.mark.verilator
+
+P = DEFAULT_PARAMS
+MODEL = "models/kjv-280k"
+PROMPT = "In the beginning God created"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def qm(model):
+    return quantized(model)
+
+
+@pytest.fixture(scope="module")
+def trace(model, qm):
+    """The golden decoder's trace at the last token of BOS + ``PROMPT``: name -> layer ->
+    list of arrays in step order."""
+    seen = {}
+
+    def t(name, layer, arr):
+        seen.setdefault(name, {}).setdefault(layer, []).append(np.array(arr))
+
+    dec = GoldenDecoder(qm, trace=t)
+    tok = model.tokenizer
+    for i in [tok.bos_id] + tok.encode(PROMPT):
+        seen.clear()
+        dec.step(i)
+    return seen
+
+
+def _up(v, a):
+    return -(-v // a) * a
+
+
+def rms_case(qm, x, pairs, *, layer=0, out_bits=8, extra_stride=3):
+    """A runnable case around ``build_rmsnorm``: ``x`` at byte 0, the output after it, then
+    one constants blob per entry of ``pairs`` (``(m, s)`` per layer) at a layer stride of the
+    blob plus ``extra_stride`` beats; the kernel is launched at iteration ``layer``.
+    Returns ``(PatternKernel, DecodeKernel, iteration)``."""
+    bb = P.beat_bytes
+    dim = len(x)
+    lay = rmsnorm_layout(P, dim, qm.rsqrt_bits, out_bits)
+    xa = 0
+    oa = _up(xa + lay.x_beats * bb, 1024)
+    ca = _up(oa + lay.out_beats * bb, 1024)
+    blobs = [rmsnorm_constants(P, qm, m, s) for m, s in pairs]
+    stride = len(blobs[0]) + extra_stride * bb if len(pairs) > 1 else 0
+    k = build_rmsnorm(P, dim=dim, x=Ref(xa), const=Ref(ca, stride), out=Ref(oa),
+                      ss_shift=qm.ss_shift, eps_int=qm.eps_int, rsqrt_bits=qm.rsqrt_bits,
+                      out_bits=out_bits, iterations=len(pairs))
+    m, s = pairs[layer]
+    golden = GoldenDecoder(qm).rmsnorm(np.asarray(x), m, s, out_bits)
+    dt = {8: "<i1", 16: "<i2"}[out_bits]
+    expected = np.zeros(lay.out_beats * bb // (out_bits // 8), dt)
+    expected[:dim] = golden
+    xi = np.zeros(lay.x_beats * bb // 2, "<i2")
+    xi[:dim] = x
+    images = [HbmImage("x", xa, xi.tobytes())]
+    # every layer's blob, and junk in the gaps between them
+    junk = bytes((7 * i + 3) & 0xFF for i in range(extra_stride * bb))
+    images += [HbmImage(f"const{l}", ca + l * stride, b + (junk if stride else b""))
+               for l, b in enumerate(blobs)]
+    pk = PatternKernel("rmsnorm", P, k.builder, k.roles, images,
+                       HbmRegion("out", oa, lay.out_beats * bb), expected.tobytes(), out_bits,
+                       golden, {"dim": dim, "layer": layer}, k.watchdog)
+    return pk, k, layer
+
+
+def _run(tmp_path, cases, corrupt=None):
+    """Run ``(label, (PatternKernel, DecodeKernel, iteration))`` in one simulation. Checks
+    every case bit-exact (but ``corrupt``: a label whose golden image gets one element
+    flipped, which must be the only failure) and its HBM traffic; returns the results."""
+    written = []
+    for i, (label, (pk, _, it)) in enumerate(cases):
+        c = write_case(pk, tmp_path / f"case{i}", name=label, iteration=it)
+        if label == corrupt:
+            exp = bytearray(open(c["expected"], "rb").read())
+            exp[2 * pk.elem_bits // 8] ^= 0x01
+            open(c["expected"], "wb").write(bytes(exp))
+        written.append(c)
+    results, _, err = run_cases(P, written, tmp_path)
+    if corrupt is None:
+        assert err is None, err
+    else:
+        assert err is not None and f"{corrupt}: 1/" in str(err), err
+        assert str(err).count("elements differ") == 1, err
+    for (label, (pk, k, _)), res in zip(cases, results):
+        if label == corrupt:
+            assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
+            assert res["first_mismatch"]["index"] == 2, (label, res)
+            continue
+        assert res["bit_exact"], (label, res["first_mismatch"])
+        c = res["counters_after_readback"]       # the read-back reads the output once more
+        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
+        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
+        out = pk.output.nbytes
+        assert (rd - out, wr) == (sum(k.reads.values()), sum(k.writes.values())), (label, c)
+    return results
+
+
+def test_rmsnorm_decode_step(tmp_path, qm, trace):
+    n = qm.config.n_layers
+    x_in = {0: trace["x"][-1][0]}                   # the embedding row enters layer 0
+    for l in range(n):
+        x_in[l + 1] = trace["x"][l][1]              # after the MLP residual of layer l
+    norm1 = [(qm.norm1_m[l], qm.norm1_s[l]) for l in range(n)]
+    norm2 = [(qm.norm2_m[l], qm.norm2_s[l]) for l in range(n)]
+    cases = [
+        ("norm1 layer 0, iteration 0", rms_case(qm, x_in[0], norm1, layer=0),
+         trace["h_attn"][0][0]),
+        ("norm1 layer 3, iteration 3", rms_case(qm, x_in[3], norm1, layer=3),
+         trace["h_attn"][3][0]),
+        ("norm2 layer 2, iteration 2", rms_case(qm, trace["x"][2][0], norm2, layer=2),
+         trace["h_ffn"][2][0]),
+        ("final norm", rms_case(qm, x_in[n], [(qm.normf_m, qm.normf_s)]),
+         trace["h_final"][-1][0]),
+    ]
+    for label, (pk, _, _), h in cases:              # the decoder's own normalised vectors
+        assert np.array_equal(pk.golden, h), label
+    # the layers' words differ: a kernel reading another layer's blob would fail
+    assert not np.array_equal(norm1[3][0], norm1[0][0])
+    results = _run(tmp_path, [(label, c) for label, c, _ in cases])
+    # dim 64: ~150 cycles of HBM latency, then a chain of PCUs and PMUs (sum of squares,
+    # index, LUT, scaling): a few hundred cycles.
+    cyc = results[0]["counters"]["run_busy_cycles"]
+    print(f"rmsnorm dim 64: {cyc} cycles per launch")
+    assert cyc < 600, cyc
+
+
+def test_rmsnorm_random(tmp_path, qm):
+    rng = np.random.default_rng(41)
+    pyrng = random.Random(41)
+    n = qm.config.n_layers
+
+    def q(dim):
+        """The model's constants with the sum-of-squares shift the quantiser would choose for
+        ``dim`` (so a full-scale x cannot overflow the int32 sum)."""
+        sh = 0
+        while dim * (32768 >> sh) ** 2 > (1 << 31) - 1:
+            sh += 1
+        return dataclasses.replace(qm, ss_shift=sh)
+
+    def model_pairs(dim, which):
+        l = pyrng.randrange(n)
+        m, s = {1: (qm.norm1_m, qm.norm1_s), 2: (qm.norm2_m, qm.norm2_s)}[which]
+        return [(np.resize(m[l], dim), np.resize(s[l], dim))]
+
+    def random_pairs(dim):
+        return [(rng.integers(0, 1 << 15, dim), rng.integers(12, 40, dim))]
+
+    full = lambda d: rng.integers(-(1 << 15), 1 << 15, d)
+    extreme = lambda d: rng.choice([-32767, 32767], d)
+    tiny = lambda d: rng.integers(-2, 3, d)
+    cases = [
+        ("dim 32 full range, model norm1", rms_case(q(32), full(32), model_pairs(32, 1))),
+        ("dim 64 tiny, model norm2", rms_case(q(64), tiny(64), model_pairs(64, 2))),
+        ("dim 96 zero (v = eps)", rms_case(q(96), np.zeros(96, np.int64), model_pairs(96, 1))),
+        ("dim 128 extreme, random pairs", rms_case(q(128), extreme(128), random_pairs(128))),
+        ("dim 128 full range, random pairs", rms_case(q(128), full(128), random_pairs(128))),
+        ("dim 64 normal, corrupted golden",
+         rms_case(q(64), np.clip(np.round(rng.normal(0, 3000, 64)), -32768, 32767).astype(int),
+                  random_pairs(64))),
+        ("dim 40 (a partial beat), 16-bit out",
+         rms_case(q(40), full(40), random_pairs(40), out_bits=16)),
+    ]
+    # the cases span the scalar path: v from eps alone to near 2**31, half_k from 1 to 15
+    hks = []
+    for label, (pk, k, _) in cases:
+        x = np.frombuffer(pk.images[0].data, "<i2")[:pk.shape["dim"]]
+        qq = q(pk.shape["dim"])
+        v = int(np.sum(intops.rshift_round(x, qq.ss_shift) ** 2)) + qq.eps_int
+        hks.append(int(intops.rsqrt_index(v, qq.rsqrt_bits)[1]))
+    assert min(hks) <= 1 and max(hks) >= 14, hks
+    assert any(np.all(np.abs(pk.golden) == 127) for _, (pk, _, _) in cases[3:4])  # saturates
+    _run(tmp_path, cases, corrupt="dim 64 normal, corrupted golden")
