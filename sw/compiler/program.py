@@ -280,6 +280,11 @@ def compile_decode(qm: QuantModel, p: RduParams = DEFAULT_PARAMS, *, mode: str =
     if c.n_heads > p.lanes:
         raise CompileError(f"{c.n_heads} heads: the attention kernels put one head per lane, the "
                            f"chip has {p.lanes} lanes; use at most {p.lanes} heads")
+    if c.vocab_size % p.lanes:
+        raise CompileError(f"vocab {c.vocab_size} is not a multiple of the {p.lanes} lanes: the "
+                           f"LM head writes whole beats of logits and the argmax reads them, so "
+                           f"pad the vocabulary (embedding and LM-head rows) to "
+                           f"{_up(c.vocab_size, p.lanes)}")
     bb = p.beat_bytes
     L, hd, nh, nkv = c.n_layers, c.head_dim, c.n_heads, c.n_kv_heads
     al = _Alloc(p)
