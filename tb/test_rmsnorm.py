@@ -8,9 +8,9 @@ with every layer's constants blob in HBM at a layer stride (a wrong stride or it
 another layer's words), and the final norm.
 
 ``test_rmsnorm_random``: dims 32, 64, 96, 128 (and an unaligned one with 16-bit output) with
-x over the full int16 range, extreme (every |x| = 32767), tiny (|x| <= 2) and all zero
-(v = eps), per-channel pairs from the model or random; one case with a corrupted golden
-image, which must be reported (and only it).
+x over the full int16 range, extreme (every |x| = 32767: v > 2**30, half_k 15), tiny
+(|x| <= 2) and all zero (v = eps), per-channel pairs from the model or random (some outputs
+saturate); one case with a corrupted golden image, which must be reported (and only it).
 
 Every case checks the whole padded output region (filled with the complement of the expected
 bytes before the run) and the HBM traffic (x and the constants read once, the output written
@@ -120,7 +120,7 @@ def _run(tmp_path, cases, corrupt=None):
         assert err is None, err
     else:
         assert err is not None and f"{corrupt}: 1/" in str(err), err
-        assert str(err).count("elements differ") == 1, err
+        assert not [l for l, _ in cases if l != corrupt and l in str(err)], err
     for (label, (pk, k, _)), res in zip(cases, results):
         if label == corrupt:
             assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
@@ -192,7 +192,7 @@ def test_rmsnorm_random(tmp_path, qm):
         ("dim 32 full range, model norm1", rms_case(q(32), full(32), model_pairs(32, 1))),
         ("dim 64 tiny, model norm2", rms_case(q(64), tiny(64), model_pairs(64, 2))),
         ("dim 96 zero (v = eps)", rms_case(q(96), np.zeros(96, np.int64), model_pairs(96, 1))),
-        ("dim 128 extreme, random pairs", rms_case(q(128), extreme(128), random_pairs(128))),
+        ("dim 96 extreme, random pairs", rms_case(q(96), extreme(96), random_pairs(96))),
         ("dim 128 full range, random pairs", rms_case(q(128), full(128), random_pairs(128))),
         ("dim 64 normal, corrupted golden",
          rms_case(q(64), np.clip(np.round(rng.normal(0, 3000, 64)), -32768, 32767).astype(int),
@@ -200,13 +200,16 @@ def test_rmsnorm_random(tmp_path, qm):
         ("dim 40 (a partial beat), 16-bit out",
          rms_case(q(40), full(40), random_pairs(40), out_bits=16)),
     ]
-    # the cases span the scalar path: v from eps alone to near 2**31, half_k from 1 to 15
+    # the cases span the scalar path: v from eps alone to above 2**30, half_k from 1 to 15
     hks = []
     for label, (pk, k, _) in cases:
         x = np.frombuffer(pk.images[0].data, "<i2")[:pk.shape["dim"]]
         qq = q(pk.shape["dim"])
         v = int(np.sum(intops.rshift_round(x, qq.ss_shift) ** 2)) + qq.eps_int
         hks.append(int(intops.rsqrt_index(v, qq.rsqrt_bits)[1]))
-    assert min(hks) <= 1 and max(hks) >= 14, hks
-    assert any(np.all(np.abs(pk.golden) == 127) for _, (pk, _, _) in cases[3:4])  # saturates
+    assert min(hks) == 1 and max(hks) == 15, hks
+    # the random pairs saturate some outputs (REQUANT's clamp), not all of them
+    top = [np.abs(pk.golden) >= 127 for _, (pk, _, _) in cases[3:5]]
+    print("saturated", [int(t.sum()) for t in top], "hk", hks)
+    assert all(0 < t.sum() < t.size for t in top)
     _run(tmp_path, cases, corrupt="dim 64 normal, corrupted golden")
