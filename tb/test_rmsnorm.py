@@ -199,6 +199,9 @@ def test_rmsnorm_random(tmp_path, qm):
                   random_pairs(64))),
         ("dim 40 (a partial beat), 16-bit out",
          rms_case(q(40), full(40), random_pairs(40), out_bits=16)),
+        # the largest dim a PMU holds the constants of: x (120 beats) waits in MX while the
+        # sum of squares runs, far beyond what the FIFOs hold
+        ("dim 3840 full range, random pairs", rms_case(q(3840), full(3840), random_pairs(3840))),
     ]
     # the cases span the scalar path: v from eps alone to above 2**30, half_k from 1 to 15
     hks = []
@@ -212,4 +215,9 @@ def test_rmsnorm_random(tmp_path, qm):
     top = [np.abs(pk.golden) >= 127 for _, (pk, _, _) in cases[3:5]]
     print("saturated", [int(t.sum()) for t in top], "hk", hks)
     assert all(0 < t.sum() < t.size for t in top)
-    _run(tmp_path, cases, corrupt="dim 64 normal, corrupted golden")
+    results = _run(tmp_path, cases, corrupt="dim 64 normal, corrupted golden")
+    # streaming: P1 and P3 each take one 16-lane beat per cycle (240 at dim 3840), one after
+    # the other, behind the HBM latency and the 256-beat constants read
+    cyc = results[-1]["counters"]["run_busy_cycles"]
+    print(f"rmsnorm dim 3840: {cyc} cycles per launch")
+    assert cyc < 300 + 2 * 240 + 256, cyc

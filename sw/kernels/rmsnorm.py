@@ -176,8 +176,10 @@ def rmsnorm_constants(p: RduParams, qm, m, s) -> bytes:
     then ``PcuConfig.requant_word(m_c, s_c)`` per channel, each part zero-padded to whole beats
     (the words up to the kernel's virtual beats, ``2 * 16 * ceil(dim / 32)`` at the defaults).
     ``m``, ``s``: the norm's per-channel pairs, e.g. ``qm.norm1_m[l], qm.norm1_s[l]``."""
-    m = intops.as_int(m)
-    s = intops.as_int(s)
+    try:
+        m, s = intops.as_int(m), intops.as_int(s)
+    except TypeError as e:
+        raise PatternError(f"rmsnorm m and s must be integer vectors: {e}") from None
     if m.ndim != 1 or m.size == 0 or m.shape != s.shape:
         raise PatternError(f"rmsnorm m and s must be equal-length non-empty vectors, got "
                            f"shapes {m.shape} and {s.shape}")
