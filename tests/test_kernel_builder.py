@@ -1,5 +1,9 @@
 """Kernel builder and GEMV bitstreams (no simulation)."""
 
+import itertools
+import random
+import time
+
 import numpy as np
 import pytest
 
@@ -8,10 +12,10 @@ from hdl.fabric import FabricTopology
 from hdl.params import DEFAULT_PARAMS
 from hdl.pcu import PcuConfig, PcuReg
 from hdl.pmu import PmuConfig
-from hdl.unitmap import unit_id
+from hdl.unitmap import unit_id, units_of_kind
 from sw import intops
 from sw.bitstream import Bitstream
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError
+from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, _Placer, place
 from hdl.params import RduParams
 from sw.kernels.gemv import (REDUCED_PARAMS, GemvError, build_gemv, choose_requant, golden,
                              make_data)
@@ -216,3 +220,222 @@ def test_gemv_agcu_programs_stream_the_right_weights(rows, cols, pcus):
     assert stream(k.roles["x"]) == x.tobytes()
     y_addrs = _agcu_beats(bs.writes, ids[k.roles["y"]])
     assert y_addrs == list(range(k.layout.y // bb, k.layout.y // bb + -(-rows // bb)))
+
+
+# ---- place: the role -> unit placer ----------------------------------------------------------
+
+
+def brute_placements(p, pcus=(), pmus=(), agcus=(), fixed=None, edges=()):
+    """Every assignment, sorted by (route length, index in the product of permutations): the
+    original enumeration ``place`` must reproduce."""
+    kinds = [("pcu", list(pcus)), ("pmu", list(pmus)), ("agcu", list(agcus))]
+    pools = [list(itertools.permutations(units_of_kind(p, k), len(r))) for k, r in kinds]
+    out = []
+    for chosen in itertools.product(*pools):
+        units = {r: u for (_, roles), us in zip(kinds, chosen) for r, u in zip(roles, us)}
+        pos = {**(fixed or {}), **{r: u.pos for r, u in units.items()}}
+        cost = sum(abs(pos[a][0] - pos[b][0]) + abs(pos[a][1] - pos[b][1]) for a, b in edges)
+        out.append((cost, len(out), {r: u.name for r, u in units.items()}))
+    out.sort(key=lambda c: c[:2])
+    return [(c, names) for c, _, names in out]
+
+
+def tried_placements(p, tries, **kw):
+    """The candidates ``place`` hands to ``build``, in order (every one refused)."""
+    seen = []
+
+    def build(names):
+        seen.append(dict(names))
+        raise KernelError(f"refused #{len(seen)}")
+    with pytest.raises(KernelError, match="no placement routes"):
+        place(p, build=build, tries=tries, **kw)
+    return seen
+
+
+def length(p, names, fixed, edges):
+    pos = {u.name: u.pos for u in itertools.chain(*(units_of_kind(p, k)
+                                                     for k in ("pcu", "pmu", "agcu")))}
+    at = {**(fixed or {}), **{r: pos[u] for r, u in names.items()}}
+    return sum(abs(at[a][0] - at[b][0]) + abs(at[a][1] - at[b][1]) for a, b in edges)
+
+
+SWIGLU_EDGES = [("ag", "PI"), ("PI", "MT"), ("ac", "MT"), ("ac", "MM"), ("MT", "PS"),
+                ("au", "PS"), ("PS", "PR"), ("MM", "PR"), ("PR", "ao")]
+
+
+def random_roles(rng, npcu, npmu, nagcu, extra):
+    roles = ([f"P{i}" for i in range(npcu)] + [f"M{i}" for i in range(npmu)]
+             + [f"a{i}" for i in range(nagcu)])
+    order = roles[:]
+    rng.shuffle(order)
+    edges = [(order[rng.randrange(i)], order[i]) for i in range(1, len(order))]
+    edges += [tuple(rng.sample(roles, 2)) for _ in range(extra)]
+    return dict(pcus=roles[:npcu], pmus=roles[npcu:npcu + npmu], agcus=roles[npcu + npmu:],
+                edges=edges)
+
+
+def small_cases():
+    rng = random.Random(7)
+    yield REDUCED_PARAMS, dict(pcus=["PI", "PS", "PR"], pmus=["MT", "MM"],
+                               agcus=["ag", "au", "ac", "ao"], edges=SWIGLU_EDGES)
+    yield P, dict(pcus=["PI", "PS", "PR"], pmus=["MT", "MM"], agcus=["ag", "au", "ac", "ao"],
+                  edges=SWIGLU_EDGES)
+    # GEMV-like: AGCUs fixed at grid positions, a multicast, parallel edges
+    yield REDUCED_PARAMS, dict(pcus=["A", "B", "C"], pmus=["MA", "MB"],
+                               fixed={"x": (0, -1), "WL": (1, -1), "WR": (0, 3), "y": (1, 3)},
+                               edges=[("WL", "B"), ("WR", "A"), ("x", "MA"), ("x", "MB"),
+                                      ("MB", "B"), ("MA", "A"), ("B", "A"), ("A", "C"),
+                                      ("C", "y"), ("A", "C")])
+    yield P, dict(pcus=["P"], agcus=["al", "ao"], edges=[("al", "P"), ("P", "ao")])
+    for p, shape in [(REDUCED_PARAMS, (3, 3, 2, 3)), (REDUCED_PARAMS, (2, 3, 4, 2)),
+                     (P, (4, 3, 2, 2)), (P, (3, 3, 3, 4)), (P, (2, 4, 1, 0))]:
+        yield p, random_roles(rng, *shape)
+    # a role without edges, a self-edge
+    yield P, dict(pcus=["P0", "P1"], pmus=["M0"], agcus=["a0", "a1"],
+                  edges=[("a0", "P0"), ("P0", "M0"), ("P0", "P0"), ("M0", "a1")])
+
+
+@pytest.mark.parametrize("case", list(range(len(list(small_cases())))))
+def test_place_is_the_brute_force_order(case):
+    """On small chips and role sets the candidates come in the order of sorting all
+    permutations by route length (ties in some order), each exactly once, then no more."""
+    p, kw = list(small_cases())[case]
+    want = brute_placements(p, **kw)
+    got = tried_placements(p, len(want) + 5, **kw)
+    assert len(got) == len(want)
+    lengths = [length(p, names, kw.get("fixed"), kw["edges"]) for names in got]
+    assert lengths == [c for c, _ in want]
+    key = lambda names: tuple(sorted(names.items()))                      # noqa: E731
+    assert sorted(map(key, got)) == sorted(key(n) for _, n in want)
+    # the first 20 again, with a tries limit: the same ones
+    assert tried_placements(p, 20, **kw) == got[:20]
+
+
+def test_place_local_phase_gives_each_candidate_once():
+    """Past the exact search's budget (forced to 1 expansion here) the candidates come from a
+    beam and a local search: each assignment exactly once, the first optimal on small cases."""
+    for p, kw in list(small_cases())[:6]:
+        want = brute_placements(p, **kw)
+        for first, total in [(1, 1), (10**6, 3)]:      # beam seeds; local from exact ones
+            pl = _Placer(p, kw.get("pcus", ()), kw.get("pmus", ()), kw.get("agcus", ()),
+                         kw.get("fixed", {}), kw["edges"], KernelError)
+            pl.exact_first, pl.exact_all = first, total
+            got = list(pl.candidates())
+            assert len(got) == len(want)
+            assert sorted(map(lambda c: sorted(c[1].items()), got)) == \
+                sorted(map(lambda c: sorted(c[1].items()), want))
+            assert all(c == length(p, names, kw.get("fixed"), kw["edges"]) for c, names in got)
+            assert got[0][0] == want[0][0]
+
+
+# 6 PCU + 6 PMU + 4 AGCU dataflow graphs on the default chip, with their optimal route length
+# (the exact search run to the end)
+BIG_CASES = {
+    "chain": (["a0"] + [x for i in range(6) for x in (f"M{i}", f"P{i}")] + ["a3"],
+              [("a1", "P1"), ("a2", "P3")], 16),
+    "branches": (None, [("a0", "M0"), ("M0", "P0"), ("P0", "P1"), ("a1", "M1"), ("M1", "P2"),
+                        ("P2", "P3"), ("P1", "M2"), ("P3", "M3"), ("M2", "P4"), ("M3", "P4"),
+                        ("P4", "M4"), ("M4", "P5"), ("a2", "M5"), ("M5", "P5"), ("P5", "a3")],
+                 18),
+    "multicast": (None, [("a2", "M0"), ("a2", "M1"), ("a2", "M2"), ("a0", "M3"), ("M3", "P0"),
+                         ("M3", "P1"), ("a1", "P0"), ("a1", "P1"), ("P0", "P2"), ("P1", "P2"),
+                         ("M0", "P2"), ("P2", "M4"), ("M4", "P3"), ("P3", "M5"), ("M5", "P4"),
+                         ("M1", "P4"), ("P4", "P5"), ("M2", "P5"), ("P5", "a3")], 30),
+}
+
+
+@pytest.mark.parametrize("name", list(BIG_CASES))
+def test_place_default_chip_is_fast(name):
+    chain, extra, best = BIG_CASES[name]
+    edges = (list(zip(chain, chain[1:])) if chain else []) + extra
+    kw = dict(pcus=[f"P{i}" for i in range(6)], pmus=[f"M{i}" for i in range(6)],
+              agcus=[f"a{i}" for i in range(4)], edges=edges)
+    for k in ("pcu", "pmu", "agcu"):
+        units_of_kind(DEFAULT_PARAMS, k)
+    t0 = time.perf_counter()
+    first = []
+
+    def build(names):
+        if not first:
+            first.append(time.perf_counter() - t0)
+        raise KernelError("refused")
+    with pytest.raises(KernelError, match="300 candidates tried"):
+        place(DEFAULT_PARAMS, build=build, tries=300, **kw)
+    total = time.perf_counter() - t0
+    # budgets: 50 ms / 1 s (measured ~3-30 ms / 30-60 ms); generous here for a loaded machine
+    assert first[0] < 0.25 and total < 3, (first, total)
+    got = tried_placements(DEFAULT_PARAMS, 300, **kw)
+    lengths = [length(DEFAULT_PARAMS, n, None, edges) for n in got]
+    assert lengths[0] == best
+    assert lengths == sorted(lengths)
+    assert len({tuple(sorted(n.items())) for n in got}) == 300
+    for n in got:
+        assert len(set(n.values())) == len(n)
+        assert all(u.startswith({"P": "pcu", "M": "pmu", "a": "agcu"}[r[0]]) for r, u in n.items())
+
+
+@pytest.mark.parametrize("name", list(BIG_CASES))
+def test_place_default_chip_beam_fallback(name):
+    """With no budget for the exact search (forced), the beam + local search still starts at
+    the optimum on these graphs and gives 300 distinct valid candidates."""
+    chain, extra, best = BIG_CASES[name]
+    edges = (list(zip(chain, chain[1:])) if chain else []) + extra
+    pl = _Placer(DEFAULT_PARAMS, [f"P{i}" for i in range(6)], [f"M{i}" for i in range(6)],
+                 [f"a{i}" for i in range(4)], {}, edges, KernelError)
+    pl.exact_first = pl.exact_all = 0
+    got = list(itertools.islice(pl.candidates(), 300))
+    assert got[0][0] == best
+    assert all(c == length(DEFAULT_PARAMS, n, None, edges) for c, n in got)
+    assert len({tuple(sorted(n.items())) for _, n in got}) == 300
+
+
+def test_place_returns_first_that_routes():
+    calls = []
+
+    def build(names):
+        calls.append(names)
+        if len(calls) < 4:
+            raise KernelError(f"conflict #{len(calls)}")
+        return "kernel", names
+    kw = dict(pcus=["PI", "PS", "PR"], pmus=["MT", "MM"], agcus=["ag", "au", "ac", "ao"],
+              edges=SWIGLU_EDGES)
+    got = place(P, build=build, **kw)
+    assert got == ("kernel", calls[3])
+    assert calls == tried_placements(P, 4, **kw)
+    best = brute_placements(P, **kw)
+    assert [length(P, n, None, SWIGLU_EDGES) for n in calls] == [c for c, _ in best[:4]]
+
+
+def test_place_errors():
+    class MyError(ValueError):
+        pass
+
+    def never(names):
+        raise AssertionError("must not build")
+    with pytest.raises(MyError, match="needs 5 PCUs; the chip has 4"):
+        place(P, pcus=[f"P{i}" for i in range(5)], build=never, error=MyError)
+    with pytest.raises(MyError, match="needs 5 AGCUs"):
+        place(P, agcus=[f"a{i}" for i in range(5)], build=never, error=MyError)
+    with pytest.raises(MyError, match="role 'Q' is neither placed"):
+        place(P, pcus=["P"], edges=[("P", "Q")], build=never, error=MyError)
+    with pytest.raises(MyError, match="role 'X' is named twice"):
+        place(P, pcus=["X"], pmus=["X"], build=never, error=MyError)
+    with pytest.raises(MyError, match="role 'x' is named twice"):
+        place(P, pcus=["x"], fixed={"x": (0, -1)}, build=never, error=MyError)
+
+    # nothing routes: the message gives the best candidate and its own route error, not only
+    # the last one's
+    def build(names):
+        raise KernelError(f"route conflict: no free vector path for P at {names['P']}")
+    with pytest.raises(MyError) as e:
+        place(P, pcus=["P"], agcus=["al", "ao"], edges=[("al", "P"), ("P", "ao")],
+              build=build, tries=5, error=MyError)
+    msg = str(e.value)
+    kw = dict(pcus=["P"], agcus=["al", "ao"], edges=[("al", "P"), ("P", "ao")])
+    first = tried_placements(P, 5, **kw)[0]
+    best = brute_placements(P, **kw)[0][0]
+    assert length(P, first, None, kw["edges"]) == best
+    assert f"5 candidates tried, lengths {best}.." in msg, msg
+    shown = ", ".join(f"{r}={u}" for r, u in first.items())
+    assert f"the best ({shown}; length {best}) failed with: route conflict: no free " \
+           f"vector path for P at {first['P']}" in msg, msg

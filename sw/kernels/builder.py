@@ -39,7 +39,7 @@ kernel's streams into idle units.
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import re
 from dataclasses import dataclass, field
 
@@ -382,28 +382,359 @@ def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), fixed=None, edges=(), bui
     distance of ``edges`` (pairs of roles; ``fixed`` maps further roles to grid positions);
     the first of the ``tries`` best for which ``build(role -> unit name)`` does not raise
     :class:`KernelError` (a route conflict) wins. Returns ``build``'s result; raises ``error``
-    when the chip has too few units or nothing routes."""
-    kinds = [("pcu", list(pcus)), ("pmu", list(pmus)), ("agcu", list(agcus))]
-    pools = {}
-    for kind, roles in kinds:
-        units = units_of_kind(p, kind)
-        if len(roles) > len(units):
-            raise error(f"the mapping needs {len(roles)} {kind.upper()}s; the chip has "
-                        f"{len(units)}")
-        pools[kind] = list(itertools.permutations(units, len(roles)))
-    cands = []
-    for pc, pm, ag in itertools.product(pools["pcu"], pools["pmu"], pools["agcu"]):
-        units = {}
-        for (kind, roles), chosen in zip(kinds, (pc, pm, ag)):
-            units.update(zip(roles, chosen))
-        pos = {**(fixed or {}), **{r: u.pos for r, u in units.items()}}
-        cost = sum(abs(pos[a][0] - pos[b][0]) + abs(pos[a][1] - pos[b][1]) for a, b in edges)
-        cands.append((cost, len(cands), units))
-    cands.sort(key=lambda c: c[:2])
-    last = None
-    for _, _, units in cands[:tries]:
+    when the chip has too few units, a role is unknown or named twice, or nothing routes (the
+    message names the best candidate tried and the KernelError it raised: the route that
+    failed).
+
+    The candidates come lazily from :class:`_Placer`: exactly in increasing route length (ties
+    in a fixed order) as long as an exact best-first search stays within its budget, which
+    covers the kernels so far and 6 PCU + 6 PMU + 4 AGCU dataflow graphs on the default chip;
+    beyond it, in about increasing length from a beam and a local search. Each candidate is
+    tried once; the first takes a few ms (at most ~50 ms)."""
+    if tries < 1:
+        raise error(f"place: tries = {tries}; at least one candidate must be tried")
+    placer = _Placer(p, pcus, pmus, agcus, fixed or {}, edges, error)
+    tried, best, lengths = 0, None, []
+    for cost, names in placer.candidates():
+        tried += 1
+        lengths.append(cost)
         try:
-            return build({role: u.name for role, u in units.items()})
+            return build(names)
         except KernelError as e:
-            last = e
-    raise error(f"no placement routes without conflicts: {last}")
+            if best is None or cost < best[0]:
+                best = (cost, names, e)
+        if tried >= tries:
+            break
+    cost, names, e = best
+    shown = ", ".join(f"{r}={u}" for r, u in names.items())
+    span = f"length {cost}" if min(lengths) == max(lengths) else \
+        f"lengths {min(lengths)}..{max(lengths)}"
+    raise error(f"no placement routes without conflicts ({tried} candidate"
+                f"{'s' if tried != 1 else ''} tried, {span}); the best ({shown}; length "
+                f"{cost}) failed with: {e}")
+
+
+class _Placer:
+    """The candidate placements of :func:`place`, shortest first, each once.
+
+    Roles are numbered by *depth*, the order the exact search assigns them: AGCU roles with
+    edges first (4 units at the chip's edges: the most constrained), then roles with an edge
+    to a fixed or numbered role before the others, more edges first, then more edges to fixed
+    and numbered roles, then the given order. An assignment is a tuple of *slots* (indices into
+    the chip's PCUs, PMUs and AGCUs in that order; the fixed roles' positions are the slots
+    after them), one per depth.
+
+    Exact phase: best-first over partial assignments keyed ``(bound, -depth, lex)``.
+    ``bound`` is a lower bound of the route length of every completion: the edges between
+    assigned or fixed roles exactly, plus half of a sum over the unassigned roles, each on the
+    free unit of its kind minimising twice its edges to assigned/fixed roles plus, per edge to
+    another unassigned role, the distance to the nearest other unit of that role's kind (so an
+    edge between two unassigned roles is counted half from each end). A complete assignment's
+    key is its length, so they leave the heap in increasing length; among equal bounds the
+    deepest node goes first (a dive), then the lowest ``lex`` (the assigned slots in the given
+    role order, -1 for the others): deterministic. The phase gives up after ``exact_first``
+    expansions without a candidate, or ``exact_all`` in all (~15 us each).
+
+    Local phase (only past that budget): the seeds are the candidates already given, else the
+    leaves of a beam search (``beam`` nodes of the lowest ``(bound, lex)`` kept per depth), the
+    best ``descents`` of them improved by moves (a role to a free unit of its kind) and swaps
+    (two roles of a kind) while the length drops; then best-first over that neighbourhood with
+    a seen-set: about increasing length, each candidate once."""
+
+    exact_first = 2000
+    exact_all = 20000
+    beam = 64
+    descents = 4
+
+    def __init__(self, p, pcus, pmus, agcus, fixed, edges, error):
+        kinds = ("pcu", "pmu", "agcu")
+        roles, kind_of = [], {}
+        for k, rs in zip(range(3), (pcus, pmus, agcus)):
+            rs = list(rs)
+            units = units_of_kind(p, kinds[k])
+            if len(rs) > len(units):
+                raise error(f"the mapping needs {len(rs)} {kinds[k].upper()}s; the chip has "
+                            f"{len(units)}")
+            for r in rs:
+                if r in kind_of or r in fixed:
+                    raise error(f"placement role {r!r} is named twice (roles must be distinct, "
+                                f"and distinct from the fixed ones)")
+                kind_of[r] = k
+                roles.append(r)
+        edges = [tuple(e) for e in edges]
+        for a, b in edges:
+            for r in (a, b):
+                if r not in kind_of and r not in fixed:
+                    raise error(f"placement edge ({a!r}, {b!r}): role {r!r} is neither placed "
+                                f"(pcus/pmus/agcus) nor fixed")
+        self.slots = [u for k in kinds for u in units_of_kind(p, k)]
+        self.kslots = [[i for i, u in enumerate(self.slots) if u.kind == k] for k in kinds]
+        pos = [u.pos for u in self.slots] + [tuple(fixed[r]) for r in fixed]
+        fslot = {r: len(self.slots) + i for i, r in enumerate(fixed)}
+        self.dist = dist = [[abs(a[0] - b[0]) + abs(a[1] - b[1]) for b in pos] for a in pos]
+        self.roles = roles
+        n = self.n = len(roles)
+
+        # depth order
+        deg = dict.fromkeys(roles, 0)
+        for a, b in edges:
+            for r in {a, b}:
+                if r in deg:
+                    deg[r] += 1
+        order, known, left = [], set(fixed), list(roles)
+        while left:
+            best = max(left, key=lambda r: (kind_of[r] == 2 and deg[r] > 0,
+                                            any(r in e and (set(e) - {r}) & known
+                                                for e in edges),
+                                            deg[r],
+                                            sum((a == r and b in known) + (b == r and a in known)
+                                                for a, b in edges)))
+            order.append(best)
+            known.add(best)
+            left.remove(best)
+        at = self.at = {r: i for i, r in enumerate(order)}
+        self.kind = [kind_of[r] for r in order]
+        self.opos = [roles.index(r) for r in order]     # depth -> index in the given order
+
+        # edges by depth: exact length, neighbours (j >= 0: depth j, j < 0: fixed slot ~j)
+        self.const = 0
+        self.pairs = []                 # (depth, depth) placed-placed
+        self.pins = []                  # (depth, slot) placed-fixed
+        self.nbrs = [[] for _ in range(n)]
+        for a, b in edges:
+            if a == b:
+                continue
+            if a in fixed and b in fixed:
+                self.const += dist[fslot[a]][fslot[b]]
+            elif a in fixed or b in fixed:
+                r, f = (b, a) if a in fixed else (a, b)
+                self.pins.append((at[r], fslot[f]))
+                self.nbrs[at[r]].append(~fslot[f])
+            else:
+                self.pairs.append((at[a], at[b]))
+                self.nbrs[at[a]].append(at[b])
+                self.nbrs[at[b]].append(at[a])
+        # the edges that assigning depth d completes: j < d (depth) or ~slot
+        self.closes = [[j for j in self.nbrs[d] if j < d] for d in range(n)]
+
+        # bound terms, in half units: each unassigned role i on the free unit v of its kind
+        # minimising 2 * (its edges to assigned/fixed roles) + for each edge to an unassigned
+        # role j the distance from v to the nearest other unit of j's kind (_near; each such
+        # edge is so counted half from both ends). terms[c]: (kind, deps, fixed slots, open kinds) of the
+        # roles i >= c when roles < c are assigned; split[d]: terms[d + 1] into those that do
+        # not depend on the unit given to depth d (static) and the others.
+        terms = []
+        for c in range(n + 1):
+            tc = []
+            for i in range(c, n):
+                deps = tuple(j for j in self.nbrs[i] if 0 <= j < c)
+                fx = tuple(~j for j in self.nbrs[i] if j < 0)
+                ok = tuple(sorted(self.kind[j] for j in self.nbrs[i] if j >= c))
+                if deps or fx or ok:
+                    tc.append((self.kind[i], deps, fx, ok))
+            terms.append(tc)
+        self.root_terms = terms[0]
+        self.split = []
+        for d in range(n):
+            k = self.kind[d]
+            stat = [t for t in terms[d + 1] if t[0] != k and d not in t[1]]
+            same = [t for t in terms[d + 1] if t[0] == k and d not in t[1]]
+            nbr = [t for t in terms[d + 1] if d in t[1]]
+            self.split.append((stat, same, nbr))
+        self._near = [[min((dist[v][g] for g in ks if g != v), default=0)
+                       for ks in self.kslots] for v in range(len(self.slots))]
+        self._memo = {}
+        self.expansions = 0
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def length(self, a) -> int:
+        d = self.dist
+        return (self.const + sum(d[a[i]][a[j]] for i, j in self.pairs)
+                + sum(d[a[i]][s] for i, s in self.pins))
+
+    def names(self, a) -> dict:
+        return {r: self.slots[a[self.at[r]]].name for r in self.roles}
+
+    def _table(self, k, ends, ok):
+        """``[(twice the bound, unit)]`` of a role of kind ``k`` with edges to units ``ends``
+        and edges to unassigned roles of kinds ``ok``, for every unit of its kind, best first."""
+        key = (k, ends, ok)
+        t = self._memo.get(key)
+        if t is None:
+            dist, near = self.dist, self._near
+            t = sorted((2 * sum(dist[g][e] for e in ends) + sum(near[g][kj] for kj in ok), g)
+                       for g in self.kslots[k])
+            self._memo[key] = t
+        return t
+
+    def _bound2(self, terms, a, masks) -> int:
+        """Twice a lower bound of the unassigned roles' share of the route length."""
+        total, memo = 0, self._memo
+        for k, deps, fx, ok in terms:
+            ends = tuple([a[j] for j in deps]) + fx if deps else fx
+            t = memo.get((k, ends, ok)) or self._table(k, ends, ok)
+            m = masks[k]
+            for v, g in t:
+                if m >> g & 1:
+                    total += v
+                    break
+        return total
+
+    # ---- the two phases ----------------------------------------------------------------------
+
+    def candidates(self):
+        """Yield ``(route length, {role: unit name})``, each assignment once."""
+        given = []
+        if (yield from self._exact(given)):
+            yield from self._local(given)
+
+    def _exact(self, given):
+        """The exact phase: appends each candidate it yields to ``given``; returns True when it
+        ran out of budget (candidates may remain), False when it gave them all."""
+        n = self.n
+        masks0 = tuple(sum(1 << g for g in ks) for ks in self.kslots)
+        if n == 0:
+            given.append(())
+            yield self.const, {}
+            return False
+        root = self.const + (self._bound2(self.root_terms, (), masks0) + 1) // 2
+        heap = [(root, 0, (-1,) * n, 0, (), masks0, self.const)]
+        count = 1
+        while heap:
+            if self.expansions >= (self.exact_all if given else self.exact_first):
+                return True
+            node = heapq.heappop(heap)
+            if len(node[4]) == n:
+                given.append(node[4])
+                yield node[6], self.names(node[4])
+                continue
+            self.expansions += 1
+            for f, lex, a, masks, exact in self._expand(node):
+                heapq.heappush(heap, (f, -len(a), lex, count, a, masks, exact))
+                count += 1
+        return False
+
+    def _expand(self, node):
+        """The children of a search node: ``(bound, lex, assignment, free masks, exact)``."""
+        _, _, lex, _, a, masks, exact = node
+        d = len(a)
+        dist, memo, table = self.dist, self._memo, self._table
+        k = self.kind[d]
+        m = masks[k]
+        o = self.opos[d]
+        stat, same, nbr = self.split[d]
+        static = self._bound2(stat, a, masks)
+        # roles of depth d's kind: their best free unit, or the next one if the child takes it
+        best2 = []
+        for tk, deps, fx, ok in same:
+            ends = tuple([a[j] for j in deps]) + fx if deps else fx
+            first = None
+            for v, h in memo.get((tk, ends, ok)) or table(tk, ends, ok):
+                if m >> h & 1:
+                    if first is not None:
+                        best2.append((first[0], first[1], v))
+                        break
+                    first = (v, h)
+            else:
+                best2.append((first[0], first[1], first[0]))
+        closes = self.closes[d]
+        last = d + 1 == self.n
+        head, tail = lex[:o], lex[o + 1:]
+        out = []
+        for g in self.kslots[k]:
+            bit = 1 << g
+            if not m & bit:
+                continue
+            ex = exact
+            dg = dist[g]
+            for j in closes:
+                ex += dg[a[j]] if j >= 0 else dg[~j]
+            na = a + (g,)
+            if last:
+                out.append((ex, head + (g,) + tail, na, masks, ex))
+                continue
+            nm = masks[:k] + (m & ~bit,) + masks[k + 1:]
+            b2 = static
+            for tk, deps, fx, ok in nbr:
+                ends = tuple([na[j] for j in deps]) + fx
+                mk = nm[tk]
+                for v, h in memo.get((tk, ends, ok)) or table(tk, ends, ok):
+                    if mk >> h & 1:
+                        b2 += v
+                        break
+            for v1, h, v2 in best2:
+                b2 += v2 if h == g else v1
+            out.append((ex + (b2 + 1) // 2, head + (g,) + tail, na, nm, ex))
+        return out
+
+    def _beam(self):
+        """Beam search: each depth keeps the ``beam`` children of the lowest ``(bound, lex)``;
+        returns the leaves, best first."""
+        masks0 = tuple(sum(1 << g for g in ks) for ks in self.kslots)
+        level = [(0, 0, (-1,) * self.n, 0, (), masks0, self.const)]
+        for _ in range(self.n):
+            children = [(f, 0, lex, 0, a, masks, ex)
+                        for node in level for f, lex, a, masks, ex in self._expand(node)]
+            level = heapq.nsmallest(self.beam, children)
+        return level
+
+    def _moves(self, a, cost):
+        """``(length, assignment)`` one move (a role to a free unit of its kind) or one swap
+        (two roles of a kind) away from ``a`` of length ``cost``."""
+        dist, nbrs, kslots, kind = self.dist, self.nbrs, self.kslots, self.kind
+        owner = {g: i for i, g in enumerate(a)}
+        for i in range(self.n):
+            gi = a[i]
+            ends = [a[j] if j >= 0 else ~j for j in nbrs[i]]
+            di = dist[gi]
+            here = sum(di[e] for e in ends)
+            for g in kslots[kind[i]]:
+                j = owner.get(g)
+                if j is None:
+                    dg = dist[g]
+                    yield cost + sum(dg[e] for e in ends) - here, a[:i] + (g,) + a[i + 1:]
+                elif j > i:
+                    dj = dist[g]
+                    delta = sum(dj[a[l] if l >= 0 else ~l] - di[a[l] if l >= 0 else ~l]
+                                for l in nbrs[i] if l != j)
+                    delta += sum(di[a[l] if l >= 0 else ~l] - dj[a[l] if l >= 0 else ~l]
+                                 for l in nbrs[j] if l != i)
+                    b = list(a)
+                    b[i], b[j] = g, gi
+                    yield cost + delta, tuple(b)
+
+    def _descend(self, a):
+        """Best-improvement local search from ``a`` over moves and swaps."""
+        cost = self.length(a)
+        while True:
+            c, b = min(self._moves(a, cost), default=(cost, a))
+            if c >= cost:
+                return cost, a
+            cost, a = c, b
+
+    def _local(self, given):
+        """The local phase: candidates not in ``given``, about shortest first."""
+        seen = set(given)
+        heap = []
+
+        def push(c, b):
+            if b not in seen:
+                seen.add(b)
+                heapq.heappush(heap, (c, b))
+
+        if given:
+            for a in given:
+                for c, b in self._moves(a, self.length(a)):
+                    push(c, b)
+        else:
+            leaves = self._beam()
+            for node in leaves[:self.descents]:
+                push(*self._descend(node[4]))
+            for node in leaves:
+                push(node[6], node[4])
+        while heap:
+            cost, a = heapq.heappop(heap)
+            yield cost, self.names(a)
+            for c, b in self._moves(a, cost):
+                push(c, b)
