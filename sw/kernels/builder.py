@@ -441,9 +441,9 @@ class _Placer:
     (two roles of a kind) while the length drops; then best-first over that neighbourhood with
     a seen-set: about increasing length, each candidate once."""
 
-    exact_first = 2000
+    exact_first = 1600
     exact_all = 20000
-    beam = 64
+    beam = 32
     descents = 4
 
     def __init__(self, p, pcus, pmus, agcus, fixed, edges, error):
