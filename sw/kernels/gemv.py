@@ -461,11 +461,14 @@ class GemvDecodeLayout:
         """The packed output has one beat more than y (out_bits 32, odd ``nblk``): MY drops it."""
         return self.produced_beats > self.y_beats
 
-    def w_read_beats(self, pcus: int) -> int:
+    @property
+    def w_read_beats(self) -> int:
         """Blob beats the weight stream(s) read per launch (the half padding is not read)."""
         return self.nsub * self.sub_beats
 
+    @property
     def x_read_beats(self) -> int:
+        """x beats read per launch (int16 x is read twice: one pass per byte plane)."""
         return self.x_beats * (2 if self.x_bits == 16 else 1)
 
 
@@ -670,6 +673,9 @@ def build_decode_gemv(p: RduParams, *, rows: int, cols: int, x_bits: int, out_bi
     if agcu_writable_counters(p) < (1 if pcus == 2 else 3):
         raise GemvError(f"gemv pcus=1 reads the blob with a 3-counter AGCU program; a bitstream "
                         f"can configure {agcu_writable_counters(p)} counters on this chip")
+    if pcus == 1 and lay.lanes * lay.nsub > 65535:
+        raise GemvError(f"gemv rows {rows}: {lay.lanes * lay.nsub} rows through one PCU exceed "
+                        f"the 16-bit counters; use pcus=2")
     if lay.trim and getattr(p, "pmu_max_buffers", 4) < 2:
         raise GemvError("the gemv's output trim needs PMUs with >= 2 buffers")
 
@@ -816,15 +822,15 @@ def build_decode_gemv(p: RduParams, *, rows: int, cols: int, x_bits: int, out_bi
                         "out_bits": out_bits, "pcus": pcus, "roles": roles,
                         "hbm": {"w": [w.addr, w.iter_stride], "x": [x.addr, x.iter_stride],
                                 "y": [y.addr, y.iter_stride]}})
-    reads = {"w": lay.w_read_beats(pcus) * bb, "x": lay.x_read_beats() * bb}
+    reads = {"w": lay.w_read_beats * bb, "x": lay.x_read_beats * bb}
     writes = {"y": lay.y_beats * bb}
-    moved = lay.w_read_beats(pcus) + lay.x_read_beats() + lay.y_beats
+    moved = lay.w_read_beats + lay.x_read_beats + lay.y_beats
     return DecodeKernel(
         pattern="gemv", params=p, builder=kb, roles=roles,
         watchdog=20_000 + 16 * moved + 4 * p.hbm_read_latency,
         reads=reads, writes=writes, outputs={"y": y},
         info={"layout": lay, "rows": rows, "cols": cols, "x_bits": x_bits,
-              "out_bits": out_bits, "pcus": pcus})
+              "out_bits": out_bits, "pcus": pcus, "agcu_programs": progs})
 
 
 def _default_decode_roles(p: RduParams):
@@ -885,4 +891,6 @@ def gemv_case(p: RduParams, layers, x, out_bits: int, *, iteration: int = 0,
     return PatternKernel("gemv", p, k.builder, k.roles, images,
                          HbmRegion("y", ya, lay.y_beats * bb), expected.tobytes(), out_bits,
                          golden, {"rows": rows, "cols": cols, "x_bits": x_bits,
-                                  "out_bits": out_bits, "pcus": k.info["pcus"]}, k.watchdog)
+                                  "out_bits": out_bits, "pcus": k.info["pcus"],
+                                  "hbm_read": sum(k.reads.values()),
+                                  "hbm_write": sum(k.writes.values())}, k.watchdog)
