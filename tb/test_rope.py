@@ -187,8 +187,10 @@ def test_rope_decode_step(tmp_path, qm, steps):
     results = _run_rope(tmp_path, items)
     cyc = {label: r["counters"]["run_busy_cycles"] for (label, *_), r in zip(items, results)}
     print("rope cycles per launch:", json.dumps(cyc))
-    # fill (HBM latency ~150) + 2 PCU beats per element (q: 64, k: 32 elements) + drain
-    assert cyc["q pos 0"] < 700 and cyc["k pos 0"] < 600, cyc
+    # fill (HBM latency ~150) + 2 PCU beats per element (q: 64, k: 32 elements) + drain:
+    # q ~350, k ~280 cycles today
+    assert max(v for lbl, v in cyc.items() if lbl.startswith("q")) < 600, cyc
+    assert max(v for lbl, v in cyc.items() if lbl.startswith("k")) < 450, cyc
 
 
 def test_rope_random(tmp_path):
@@ -215,8 +217,8 @@ def test_rope_random(tmp_path):
     results = _run_rope(tmp_path, items, corrupt=len(items) - 1)
     cyc = {label: r["counters"]["run_busy_cycles"] for (label, *_), r in zip(items, results)}
     print("rope cycles per launch:", json.dumps(cyc))
-    # 128 elements (hd 8 x 16 heads): 256 PCU beats after the fill
-    assert cyc[items[1][0]] < 900, cyc
+    # 128 elements (hd 8 x 16 heads): 256 PCU beats after the fill (~480 cycles today)
+    assert cyc[items[1][0]] < 650, cyc
 
 
 # ---- KV append ------------------------------------------------------------------------------
@@ -323,4 +325,5 @@ def test_kv_append(tmp_path, qm, steps):
     results = _run_inplace(tmp_path, items, corrupt=len(items) - 1)
     cyc = {label: r["counters"]["run_busy_cycles"] for (label, *_), r in zip(items, results)}
     print("kv append cycles per launch:", json.dumps(cyc))
-    assert cyc["kv model pos 12"] < 700, cyc
+    # two HBM round trips (read the beats, write them back) + 32 merge beats: ~230 today
+    assert max(cyc.values()) < 400, cyc

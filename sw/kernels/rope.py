@@ -79,8 +79,8 @@ Why this mapping (the partner problem)
     row)``, no read of the cache.
 
 Units: RoPE 2 PCUs, 3 PMUs, 4 AGCUs; KV append (rows sharing a beat) 1 PCU, 2 PMUs, 3 AGCUs;
-(whole-beat rows) 2 AGCUs. AGCUs are pinned by index (x16/k+v on the west, the writer on the
-east), PCUs and PMUs placed by :func:`sw.kernels.builder.place`.
+(whole-beat rows) 2 AGCUs. Every role is placed by :func:`sw.kernels.builder.place` (shortest
+total route length that routes).
 """
 
 from __future__ import annotations
@@ -221,9 +221,7 @@ def build_rope(p: RduParams, *, n_heads: int, head_dim: int, x16, out, tables, c
     hbeats = _up(hd, L) // L                       # beats of one head's words (M2 buffer)
     nbuf = min(H, getattr(p, "pmu_max_buffers", 4))
     _need(nbuf * hbeats <= depth, f"head_dim {hd}: {nbuf} head buffers exceed a PMU")
-    names = _agcus(p, 4, PatternError)
-    ag = {"ax": names[0], "at": names[1], "ao": names[2], "ac": names[3]}
-    agpos = {r: u.pos for r, u in zip(("ax", "at", "ao", "ac"), units_of_kind(p, "agcu"))}
+    _agcus(p, 4, PatternError)
     trow = tables.at(pos * rb * bb)
 
     progs = {
@@ -273,7 +271,6 @@ def build_rope(p: RduParams, *, n_heads: int, head_dim: int, x16, out, tables, c
                   "ac": "REQUANT word", "ao": "out store"}
 
     def build(u):
-        u = {**u, **ag}
         kb = KernelBuilder(p, name)
         for r in ("ax", "at", "ac", "ao"):
             kb.agcu(u[r], progs[r], role=roles_text[r])
@@ -293,8 +290,9 @@ def build_rope(p: RduParams, *, n_heads: int, head_dim: int, x16, out, tables, c
 
     edges = [("ax", "PA"), ("PA", "M1"), ("M1", "M2"), ("M2", "PB"), ("at", "Mt"),
              ("Mt", "PB"), ("ac", "PB"), ("PB", "ao")]
-    kb, roles = place(p, pcus=["PA", "PB"], pmus=["M1", "M2", "Mt"], fixed=agpos, edges=edges,
-                      build=build, error=PatternError)
+    kb, roles = place(p, pcus=["PA", "PB"], pmus=["M1", "M2", "Mt"],
+                      agcus=["ax", "at", "ac", "ao"], edges=edges, build=build,
+                      error=PatternError)
     kb.metadata.update({"pattern": "rope", "n_heads": H, "head_dim": hd, "pos": pos,
                         "out_bits": out_bits, "roles": roles})
     moved = xb + rb + 1 + ob
@@ -351,9 +349,7 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
                                    f"({cache_bytes} B)")
     _need(v_offset % bb == 0, f"v_offset {v_offset} is not a multiple of the {bb}-byte beat")
     cache = v_offset // bb                         # beats from a K row's beat to its V beat
-    names = _agcus(p, 3, PatternError)
-    agpos = {r: u.pos for r, u in zip(("an", "ao", "aw"), units_of_kind(p, "agcu")[:3])}
-    ag = {"an": names[0], "ao": names[1], "aw": names[2]}
+    _agcus(p, 3, PatternError)
     kbeat, vbeat = k.beat(p), v.beat(p)
     span_kv = (min(kbeat, vbeat), max(kbeat, vbeat) + kb_ - min(kbeat, vbeat))
     kstride = k.beat_stride(p)
@@ -368,11 +364,15 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
         wr = AgcuProgram.write(base, (rowb, 2), (1, cache),
                                **_region(p, base, cache + rowb, kv.beat_stride(p), iterations))
 
-        kbld = KernelBuilder(p, name)
-        kbld.agcu(ag["an"], new_prog, role="k, v load")
-        kbld.agcu(ag["aw"], wr, role="K, V rows store")
-        kbld.route(f"{ag['an']}.rd", f"{ag['aw']}.wr", what="k then v rows")
-        roles = {"an": ag["an"], "aw": ag["aw"]}
+        def build(u):
+            kbld = KernelBuilder(p, name)
+            kbld.agcu(u["an"], new_prog, role="k, v load")
+            kbld.agcu(u["aw"], wr, role="K, V rows store")
+            kbld.route(f"{u['an']}.rd", f"{u['aw']}.wr", what="k then v rows")
+            return kbld, u
+
+        kbld, roles = place(p, agcus=["an", "aw"], edges=[("an", "aw")], build=build,
+                            error=PatternError)
         info["mode"] = "rows"
         reads = {"k": kb_ * bb, "v": kb_ * bb}
         writes = {"kv": 2 * rowb * bb}
@@ -416,7 +416,6 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
               .output(vout=True, sout=False, pack_bits=32))
 
         def build(u):
-            u = {**u, **ag}
             kbld = KernelBuilder(p, name)
             kbld.agcu(u["an"], new_prog, role="k, v load")
             kbld.agcu(u["ao"], old_prog, role="K, V beats load")
@@ -435,8 +434,8 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
             return kbld, u
 
         edges = [("an", "Mk"), ("ao", "Mo"), ("Mk", "PM"), ("Mo", "PM"), ("PM", "aw")]
-        kbld, roles = place(p, pcus=["PM"], pmus=["Mo", "Mk"], fixed=agpos, edges=edges,
-                            build=build, error=PatternError)
+        kbld, roles = place(p, pcus=["PM"], pmus=["Mo", "Mk"], agcus=["an", "ao", "aw"],
+                            edges=edges, build=build, error=PatternError)
         info.update({"mode": "merge", "rows_per_beat": rpb, "word_offset": o,
                      "row_words": R, "pmus": pmus, "pcus": {"PM": pm}})
         reads = {"k": kb_ * bb, "v": kb_ * bb, "kv": 2 * bb}
