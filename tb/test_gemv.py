@@ -134,7 +134,7 @@ def test_gemv_chain_layer_vs_looped(tmp_path, pcus):
     assert res["looped"] < res["layer"], res
 
 
-# ---- decode GEMV (build_decode_gemv) on the default chip ------------------------------------------
+# ---- decode GEMV (build_decode_gemv) on the default chip -----------------------------------------
 
 from sw.golden import GoldenDecoder, quantized                        # noqa: E402
 from sw.kernels.gemv import decode_gemv_layout, gemv_case            # noqa: E402
@@ -213,8 +213,8 @@ def _report(label, k, res):
     c = res["counters"]
     cyc = c["run_busy_cycles"]
     moved = k.shape["hbm_read"] + k.shape["hbm_write"]
-    print(f"{label}: {cyc} cycles, {moved} B, HBM {100 * moved / (cyc * D.hbm_peak_bytes_per_cycle):.1f}%"
-          f" of peak")
+    util = moved / (cyc * D.hbm_peak_bytes_per_cycle)
+    print(f"{label}: {cyc} cycles, {moved} B, HBM {100 * util:.1f}% of peak")
     return cyc
 
 
