@@ -14,7 +14,6 @@ from hdl.fu import FuOp, fu_op_eval
 from hdl.params import DEFAULT_PARAMS, RduParams
 from hdl.pcu import PcuReg
 from hdl.pmu import RdMode
-from sw import intops
 from sw.bitstream import Bitstream
 from sw.golden import GoldenDecoder, quantized
 from sw.kernels.builder import KernelError
