@@ -9,11 +9,13 @@ the kernel writes), ``expected`` (file with the golden bytes of that region), ``
 (8, 16 or 32: element width for the mismatch report), ``units`` (ids to start), ``watchdog``
 (cycles), ``result`` (JSON written per case) and optionally ``calls`` (kernel calls as in
 :func:`tb.kernel_case.run_kernel_case`, e.g. ``[{"iteration": 3, "count": 1, "deps": {}}]``
-to run a layer kernel as layer 3).
+to run a layer kernel as layer 3) and ``initial`` (a file with the starting bytes of the output
+region, for kernels that update a region in place, such as the KV-cache append's
+read-modify-write: the check then covers what changed and what must not have).
 
 Per case (:func:`tb.kernel_case.run_kernel_case`): DMA the images into HBM; fill the output
 region with the bitwise complement of the expected bytes (so a kernel that writes nothing, or
-only part of it, cannot pass on stale data); load the bitstream; clear the counters; run the
+only part of it, cannot pass on stale data), or with ``initial`` when given; load the bitstream; clear the counters; run the
 units until ``run_done`` (they are done and HBM has performed their writes; watchdog naming the
 busy units); read the counters; DMA the output back; read the counters again
 (``counters_after_readback``: the kernel's traffic plus the read-back's own reads) and compare
@@ -54,10 +56,15 @@ async def patterns(dut):
         expected = read_file(case["expected"])
         out = case["output"]
         assert len(expected) == out["nbytes"], f"{name}: expected image has the wrong size"
+        if case.get("initial"):
+            fill = read_file(case["initial"])
+            assert len(fill) == out["nbytes"], f"{name}: initial image has the wrong size"
+        else:
+            fill = bytes(b ^ 0xFF for b in expected)
         r = await run_kernel_case(
             drv, images=[(im["addr"], read_file(im["file"])) for im in case["images"]],
             rbit=read_file(case["rbit"]), units=case["units"], watchdog=case["watchdog"],
-            name=name, out_addr=out["addr"], fill=bytes(b ^ 0xFF for b in expected),
+            name=name, out_addr=out["addr"], fill=fill,
             calls=case.get("calls"))
         got = r.pop("output")
         # counters again after the read-back: they then also hold the read-back's own reads

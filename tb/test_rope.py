@@ -257,8 +257,6 @@ def kv_case(label, *, n_kv, hd, context, k8, v8, pos, layer=0, layers=1, seed=0)
 
 
 def _run_inplace(tmp_path, items, corrupt=None):
-    from sw.kernels.cli import build_chip
-    from tb.runner import check_results, run
     cases = []
     for i, (label, k, pk, it, initial) in enumerate(items):
         c = write_case(pk, tmp_path / f"case{i}", name=label, iteration=it)
@@ -270,17 +268,7 @@ def _run_inplace(tmp_path, items, corrupt=None):
             e[-1] ^= 0x01
             Path(c["expected"]).write_bytes(bytes(e))
         cases.append(c)
-    summary = tmp_path / "tb_summary.json"
-    args = {"params": P.to_dict(), "cases": cases, "summary": str(summary.resolve())}
-    t0 = time.monotonic()
-    xml = run(build_chip(P)[0], "tb.inplace_tb", env={"MINIRDU_ARGS": json.dumps(args)},
-              test_dir=tmp_path)
-    results = [json.loads(Path(c["result"]).read_text()) for c in cases]
-    err = None
-    try:
-        check_results(xml)
-    except AssertionError as e:
-        err = e
+    results, _, err = run_cases(P, cases, tmp_path)
     for i, ((label, k, *_), res) in enumerate(zip(items, results)):
         if i == corrupt:
             assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
@@ -294,7 +282,6 @@ def _run_inplace(tmp_path, items, corrupt=None):
         assert (rd - region, wr) == (sum(k.reads.values()), sum(k.writes.values())), (label, c)
     if corrupt is None and err is not None:
         raise err
-    print("kv wall", time.monotonic() - t0)
     return results
 
 
