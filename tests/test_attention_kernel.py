@@ -440,7 +440,8 @@ def test_emulated_decode_step_is_golden(qm):
 @pytest.mark.parametrize("nh,nkv,hd,pos,before", [
     (8, 4, 8, 0, True), (8, 4, 8, 6, True), (8, 4, 8, 9, False), (8, 8, 8, 13, True),
     (16, 4, 32, 4, True), (16, 16, 32, 2, False), (3, 1, 16, 5, True), (1, 1, 4, 2, True),
-    (12, 3, 4, 7, True), (16, 8, 8, 3, True), (4, 1, 16, 40, False), (2, 2, 32, 3, True)])
+    (12, 3, 4, 7, True), (16, 8, 8, 3, True), (4, 1, 16, 40, False), (2, 2, 32, 3, True),
+    (12, 3, 32, 5, True)])
 def test_emulated_random_is_golden(qm, nh, nkv, hd, pos, before):
     rng = np.random.default_rng(nh * 1000 + hd * 10 + pos)
     context = max(pos + 3, 16)

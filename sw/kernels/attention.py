@@ -110,6 +110,19 @@ n_kv_heads == 0``, ``T <= 256`` (MS holds one beat per position) and, when ``kv_
 buffers). Default model (8 heads, 4 KV heads, hd 8, kv rows of 32 B): q 1 beat, K
 ``ceil(T / 2)`` beats, blob 20 beats read; ``2 T`` beats written.
 
+Cycles per launch on the default chip, default model shapes (measured, ``run_busy_cycles``
+from the launch to the last unit done; HBM refresh stalls add up to a few hundred cycles
+depending on the run's history)::
+
+    T        1     16    64    128   200    256
+    cycles   295   375   620   970   1365   1795
+
+About 290 cycles of fill (HBM latency, the K and blob loads, two pipelines) plus ~5.5 cycles
+per position: pass 1 takes one cycle per position (per q beat), pass 2 two entries per
+position, where the EXP gather takes ~2 cycles for real scores (indices collide in a PMU
+bank) plus one for the marker, and the 2T single-beat writes ~2 cycles each (the descending
+addresses do not coalesce; sums after e merges pairs: a few % faster).
+
 Hand placement on the default 4x4 grid (``DEFAULT_ROLES``)::
 
     row 0:  ak=agcu0 | .        MI=pmu0  .        .        | ac=agcu2
