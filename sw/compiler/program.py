@@ -296,6 +296,15 @@ def compile_decode(qm: QuantModel, p: RduParams = DEFAULT_PARAMS, *, mode: str =
     act = {}
     act_bytes = {}
     for name, n in act_sizes.items():
+        if name == "e":
+            continue
+        if name == "sums":
+            # the attention kernel writes sums and e through one AGCU program: sums is the beat
+            # right before e (sw/kernels/attention.py)
+            base = al.take("sums, e", "activation", bb + act_sizes["e"])
+            act["sums"], act["e"] = base, base + bb
+            act_bytes["sums"], act_bytes["e"] = bb, act_sizes["e"]
+            continue
         act[name] = al.take(name, "activation", _up(n, bb))
         act_bytes[name] = _up(n, bb)
     images = []
