@@ -239,11 +239,13 @@ def _build_locked(component, name, bdir, vfile, marker, flags, waves) -> Build:
 
 
 def run(b: Build, test_module: str, *, testcase=None, env: dict | None = None, waves: bool = False,
-        seed: int | None = None, test_dir: Path | None = None, quiet: bool = True) -> Path:
+        seed: int | None = None, test_dir: Path | None = None, quiet: bool = True,
+        log_file: Path | None = None) -> Path:
     """Run cocotb ``test_module`` (a dotted module name importable from the repo) on build ``b``.
 
     Returns the path of the JUnit results file. ``env`` is passed to the testbench process; use
-    it to hand over arguments (JSON in an env var is the convention here).
+    it to hand over arguments (JSON in an env var is the convention here). ``log_file``: write
+    the simulator's output there instead of the terminal (a CLI with its own progress display).
     """
     verilator_env()
     runner = _runner()
@@ -256,12 +258,13 @@ def run(b: Build, test_module: str, *, testcase=None, env: dict | None = None, w
     try:
         runner.test(test_module=test_module, hdl_toplevel=b.toplevel, testcase=testcase,
                     hdl_toplevel_lang="verilog", build_dir=b.build_dir, test_dir=test_dir,
-                    extra_env=extra_env, waves=waves, seed=seed, results_xml=str(results))
+                    extra_env=extra_env, waves=waves, seed=seed, results_xml=str(results),
+                    log_file=str(log_file) if log_file else None)
     except SystemExit:
         # cocotb's runner exits when a test failed; check_results() names the failures.
         if not results.exists():
             raise AssertionError(f"the simulation of {b.name} ended without results "
-                                 f"(crashed?); see the log above") from None
+                                 f"(crashed?); see {log_file or 'the log above'}") from None
     return results
 
 

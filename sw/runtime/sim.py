@@ -62,29 +62,27 @@ def _bytes_moved(step: dict, p) -> int:
 
 def _progress(path: Path, total: int, prompt_len: int, stop: threading.Event, tok=None):
     """Draw a progress bar on stderr from the testbench's progress lines."""
-    done = 0
+    seen = -1
     last = ""
     while not stop.is_set():
         time.sleep(0.5)
         if not path.exists():
             continue
-        lines = path.read_text().splitlines()
-        gen = [json.loads(x) for x in lines if x.strip()]
-        gen = [g for g in gen if g["generated"]]
-        if len(gen) != done or not lines:
-            done = len(gen)
-            width = 30
-            fill = int(width * done / max(total, 1))
-            text = ""
-            if tok is not None and gen:
-                text = tok.decode([g["next"] for g in gen]).replace("\n", " ")[-40:]
-            line = (f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} tokens"
-                    f"{' (prompt ' + str(len(lines)) + '/' + str(prompt_len) + ')' if not gen else ''}"
-                    f"  {text}")
-            if line != last:
-                sys.stderr.write(line.ljust(len(last)))
-                sys.stderr.flush()
-                last = line
+        steps = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if len(steps) == seen:
+            continue
+        seen = len(steps)
+        gen = [g for g in steps if g["generated"]]
+        width = 30
+        fill = int(width * len(gen) / max(total, 1))
+        text = ""
+        if tok is not None and gen:
+            text = tok.decode([g["next"] for g in gen]).replace("\n", " ")[-40:]
+        prompt = f" (prompt {len(steps)}/{prompt_len})" if len(steps) < prompt_len else ""
+        line = f"\r[{'#' * fill}{'.' * (width - fill)}] {len(gen)}/{total} tokens{prompt}  {text}"
+        sys.stderr.write(line.ljust(len(last)))
+        sys.stderr.flush()
+        last = line
     if last:
         sys.stderr.write("\n")
 
@@ -123,7 +121,7 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
     err = None
     try:
         xml = run(b, "tb.decode_tb", env={"MINIRDU_ARGS": json.dumps(args)}, waves=waves,
-                  test_dir=out)
+                  test_dir=out, log_file=out / "sim.log" if progress else None)
         check_results(xml)
     except AssertionError as e:
         err = e
