@@ -507,7 +507,7 @@ def test_kernel_streams(shape, pos, v_beats, cb, columns):
     lay = k.info["layout"]
     T = pos + 1
     assert k.info["v_plan"].columns == columns
-    assert k.reads == {"e": 64 * T, "v": 64 * v_beats, "const": 64 * cb}
+    assert k.reads == {"e": 64 * T, "kv": 64 * v_beats, "const": 64 * cb}
     out_beats = _up(nh * hd, 64) // 64
     assert k.writes == {"out": 64 * out_beats} and k.outputs == {"out": Ref(64 * 310)}
     assert len(k.unit_ids) == 15 and len(k.to_bytes()) > 0
@@ -666,3 +666,50 @@ def test_emulated_real_decode_step(qm, n_tokens, iteration):
     assert np.array_equal(g, op["attn_out"])
     assert np.array_equal(op["e"].sum(0), op["sums"])
     assert emulate(k, hbm, iteration)[0] == expected
+
+
+def test_emulated_scalar_path(qm):
+    """The per-channel chain from its registers, over the whole operand ranges: PR's recip
+    index for sums from 1 to 2**31 - 1, PM's ``mh | s << 16`` for every table entry and
+    multipliers 0..32767 (rounding included), PF's exponent and final REQUANT."""
+    k = kernel(pos=3)
+    rng = np.random.default_rng(11)
+    # PR: ri = recip_index(sum)[0], lanes of 16, K = 4 beats per program
+    vs = {1, 2, 3, 127, 128, 255, 256, (1 << 31) - 1}
+    for e_ in range(1, 31):
+        vs |= {(1 << e_) - 1, 1 << e_, (1 << e_) + 1, 3 << (e_ - 1)}
+    vs = np.array(sorted(vs | {int(v) for v in rng.integers(1, 1 << 31, 500)}), np.int64)
+    vs = np.concatenate([vs, np.ones(_up(vs.size, 64) - vs.size, np.int64)])
+    regs = _regs(k, "PR")
+    for beats in vs.reshape(-1, 4, L):
+        got, _ = run_pcu(regs, [list(beats), [], []])
+        assert np.array_equal(got, intops.recip_index(beats.reshape(-1), 8)[0])
+    # PM: B & 0x7FFF = REQUANT(RECIP[ri], m, 15, 16), B[21:16] = s, for every ri
+    regs = _regs(k, "PM")
+    table = qm.recip[128:].astype(np.int64) - (1 << 15)
+    ms = np.concatenate([[0, 1, 2, 1 << 14, 32767], rng.integers(0, 1 << 15, 59)])
+    for m in ms.reshape(-1, 4 * L // 16):
+        ri = np.arange(128, 256)
+        for part in range(0, 128, 4 * L // 4):
+            r_idx = np.repeat(ri[part:part + 16], 4)                  # 64 lanes = 4 beats
+            mm = np.tile(m, 16)
+            s = rng.integers(0, 64, 64)
+            sh = rng.choice([0, 8, 16, 24], 64)
+            W = mm | s << 16 | sh << 22
+            got, _ = run_pcu(regs, [list(table[r_idx - 128].reshape(4, L)),
+                                    list(W.reshape(4, L)), []])
+            want = intops.requant(qm.recip[r_idx], mm, 15, 16)
+            assert np.array_equal(got & 0x7FFF, want), (m, part)
+            assert np.array_equal((got >> 16) & 63, s)
+    # PF: o = REQUANT(acc, mh, s + E) with E = ilog2(sum)
+    regs = _regs(k, "PF")
+    for _ in range(20):
+        acc = rng.integers(-(1 << 31), 1 << 31, 64)
+        sums = rng.integers(1, 1 << rng.integers(1, 32), 64)
+        E = intops.ilog2(sums)
+        mh = rng.integers(0, 1 << 15, 64)
+        s = rng.integers(0, 64 - 31, 64)
+        B = mh | s << 16 | rng.choice([0, 8, 16, 24], 64) << 22
+        got, _ = run_pcu(regs, [list(acc.reshape(4, L)), list(B.reshape(4, L)),
+                                list(sums.reshape(4, L))])
+        assert np.array_equal(got, intops.requant(acc, mh, s + E, 8))

@@ -547,7 +547,7 @@ def build_attn_wsum(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: in
     return DecodeKernel(
         pattern="attn_wsum", params=p, builder=kb, roles=roles,
         watchdog=20_000 + 16 * (moved + 2 * T * K) + 4 * p.hbm_read_latency,
-        reads={"e": T * bb, "v": vp.hbm_beats * bb, "const": cb * bb},
+        reads={"e": T * bb, "kv": vp.hbm_beats * bb, "const": cb * bb},
         writes={"out": out_beats * bb}, outputs={"out": out},
         info={"layout": lay, "v_plan": vp, "T": T, "const_beats_read": cb,
               "v_offset": v_offset, "out_beats": out_beats})
