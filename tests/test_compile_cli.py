@@ -1,0 +1,207 @@
+"""``rdu compile`` (sw/compiler/cli.py, sw/compiler/report.py): bitstreams, mapping report and
+manifest for the shipped model and two random shapes, checked against the compiled program and
+against the written bitstreams decoded independently; one-line errors (exit 2) for bad input."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hdl.agcu import AgcuMode, AgcuReg, agcu_count_reg
+from hdl.params import DEFAULT_PARAMS
+from hdl.unitmap import unit_map
+from sw.bitstream import Bitstream
+from sw.bitstream_cli import inspect_text
+from sw.cli import main
+from sw.compiler.program import compile_decode
+from sw.frontend import load_model
+from sw.frontend.hf import save_hf
+from sw.golden import quantized
+from sw.model import random_model
+
+from compiler_shapes import DEFAULT_MODEL, RANDOM_CONFIGS
+
+REPORT_SECTIONS = [
+    "minirdu mapping report", "\nmodel ", "\nshape ", "\nmode       op", "\nchip ", "\ncompile ",
+    "Kernels of the step", "Call order of a token", "  units:", "  grid (", "  routes (",
+    "  PMU buffer map", "  AGCU programs", "  HBM/launch", "HBM layout", "  layer block",
+    "  KV cache:", "Per token (decode step at position ", "  launches ", "  HBM bytes ",
+    "    weights ", "    KV cache ", "    activations ", "at the last position of the context",
+]
+
+
+def _rdu(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _agcu_bytes(bs: Bitstream) -> int:
+    """HBM bytes per launch from the bitstream's own AGCU writes (not from the compiler)."""
+    agcus = {u.id for u in unit_map(DEFAULT_PARAMS) if u.kind == "agcu"}
+    regs = {}
+    for w in bs.writes:
+        if w.unit in agcus:
+            regs.setdefault(w.unit, {})[w.reg] = w.value
+    total = 0
+    for r in regs.values():
+        assert r[AgcuReg.MODE] in (AgcuMode.READ, AgcuMode.WRITE)
+        beats = 1
+        for k in range(DEFAULT_PARAMS.agcu_counters):
+            beats *= r.get(agcu_count_reg(k), 1)
+        total += beats * DEFAULT_PARAMS.beat_bytes
+    return total
+
+
+def _check(model_path, stem: Path, out: str, pos: int = 0, token: int = 0):
+    """Everything written for ``model_path`` under ``stem`` against an independent compile."""
+    man = json.loads(stem.with_name(stem.name + ".json").read_text())
+    qm = quantized(load_model(model_path))
+    L = qm.config.n_layers
+    prog = compile_decode(qm, DEFAULT_PARAMS, mode="op", context=man["context"])
+    calls = prog.token_calls(pos, token)
+
+    assert man["mode"] == "op"
+    assert man["params_digest"] == DEFAULT_PARAMS.digest().hex()
+    assert man["report"] == stem.name + ".map.txt"
+    assert man["hbm"]["regions"] == [{"name": n, "group": g, "addr": a, "bytes": b}
+                                     for n, g, a, b in prog.regions]
+    # the call order of a token: 1 embedding + 17 per layer + 3 final
+    assert len(man["calls"]) == 1 + 17 * L + 3
+    assert [c["label"] for c in man["calls"]] == [c.label for c in calls]
+    assert [c["iteration"] for c in man["calls"]] == [c.iteration for c in calls]
+    # one file per distinct kernel; per-layer kernels once
+    distinct = {id(c.kernel): c.kernel for c in calls}
+    assert len(man["kernels"]) == len(distinct)
+    files = {k["file"] for k in man["kernels"]}
+    assert len(files) == len(distinct)
+    written = {p.name for p in stem.parent.iterdir() if p.name.startswith(stem.name + ".")}
+    assert written == files | {stem.name + ".map.txt", stem.name + ".json"}
+    by_label = {k["label"]: k for k in man["kernels"]}
+    for c_man, c in zip(man["calls"], calls):
+        k = by_label[c_man["kernel"]]
+        assert c_man["file"] == k["file"]
+        assert c_man["hbm_bytes"] == c.kernel.hbm_bytes
+        assert k["unit_ids"] == c.kernel.unit_ids
+        assert k["hbm_bytes_per_launch"] == c.kernel.hbm_bytes
+        assert c.iteration in k["iterations"]
+        # the file holds exactly this kernel's bitstream
+        assert (stem.parent / k["file"]).read_bytes() == c.kernel.to_bytes()
+    for k in man["kernels"]:
+        assert k["file"] == f"{stem.name}.{k['label']}.rbit"
+        data = (stem.parent / k["file"]).read_bytes()
+        bs = Bitstream.from_bytes(data, DEFAULT_PARAMS)
+        assert bs.params_digest == DEFAULT_PARAMS.digest()
+        assert [sorted(kk.units) for kk in bs.kernels] == [k["unit_ids"]]
+        assert _agcu_bytes(bs) == k["hbm_bytes_per_launch"]
+        text = inspect_text(data, name=k["file"])
+        assert "crc-32" in text and "matches default RduParams" in text
+        if k["pattern"] in ("rope", "kv_append", "attn_softmax", "attn_wsum"):
+            assert k["position"] == pos and f".pos{pos}." in k["file"]
+        if k["pattern"] == "embed":
+            assert k["token"] == token and f".tok{token}." in k["file"]
+    # per-layer kernels: one file, launched at iteration l for layer l
+    for k in man["kernels"]:
+        if k["calls"][0].startswith("l0."):
+            assert k["iterations"] == list(range(L))
+            assert len(k["calls"]) == L * (2 if k["pattern"] == "residual" else 1)
+        else:
+            assert k["iterations"] == [0] and len(k["calls"]) == 1
+    # totals
+    total = sum(c.kernel.hbm_bytes for c in calls)
+    pt = man["per_token"]
+    assert pt["launches"] == len(calls) and pt["hbm_bytes"] == total
+    assert sum(pt["by_category"].values()) == total
+    assert pt["by_category"]["weights"] > 0 and pt["by_category"]["KV cache"] > 0
+    assert pt["bitstream_bytes"] == sum(len(c.kernel.to_bytes()) for c in calls)
+    # the report
+    rep = stem.with_name(stem.name + ".map.txt").read_text()
+    for s in REPORT_SECTIONS + [f"Per token (decode step at position {pos})"]:
+        assert s in rep, f"report lacks {s!r}"
+    for k in man["kernels"]:
+        assert f": {k['label']}   (pattern {k['pattern']}" in rep
+    assert f"{total:,} B per token" in rep
+    assert "WARNING" not in rep and not man["warnings"]
+    for n in man["notes"]:          # beats moved past a region's size stay in its own padding
+        assert "in the burst padding it owns" in n and n in rep
+    assert f"{total:,} B of HBM traffic" in out and "compile time:" in out
+    return man, rep
+
+
+def test_default_model(tmp_path, capsys):
+    rc, out, err = _rdu(capsys, "compile", DEFAULT_MODEL, "-o", tmp_path / "kjv.rbit")
+    assert rc == 0, err
+    man, rep = _check(DEFAULT_MODEL, tmp_path / "kjv", out)
+    assert len(man["calls"]) == 1 + 17 * 5 + 3
+    assert len(man["kernels"]) == 20
+    t = float(re.search(r"compile time:\s+([0-9.]+) s", out).group(1))
+    assert 0 < t < 5, f"compile time {t} s"
+    # every activation/constant/weight access of the step lands in a named region
+    assert "outside every region" not in rep
+    # the report's grid shows the configured units of the GEMV with their roles
+    assert "[pcu0 A]" in rep
+
+
+@pytest.mark.parametrize("name", ["mha-d32-l1-tied", "gqa-d64-l2-untied"])
+def test_random_shapes(tmp_path, capsys, name):
+    cfg = RANDOM_CONFIGS[name]
+    assert cfg.vocab_size % 16 == 0
+    folder = tmp_path / name
+    save_hf(random_model(cfg, seed=5, name=name), folder)
+    out_dir = tmp_path / "out"
+    rc, out, err = _rdu(capsys, "compile", folder, "-o", str(out_dir) + "/")
+    assert rc == 0, err
+    # a folder as output: the stem is the model's name
+    man, _ = _check(folder, out_dir / name, out)
+    assert man["model"]["name"] == name
+
+
+def test_position_and_context(tmp_path, capsys):
+    rc, out, err = _rdu(capsys, "compile", DEFAULT_MODEL, "-o", tmp_path / "k", "--context", 16,
+                        "--pos", 5, "--token", 3)
+    assert rc == 0, err
+    man, rep = _check(DEFAULT_MODEL, tmp_path / "k", out, pos=5, token=3)
+    assert man["context"] == 16 and man["position"] == 5
+    assert "Per token (decode step at position 5)" in rep
+
+
+def _bad_model(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "config.json").write_text("{")
+    return d
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--mode", "layer"], r"mode 'layer': fused layer kernels are not built yet"),
+    (["--mode", "looped"], r"mode 'looped': fused layer kernels are not built yet"),
+    (["--mode", "fast"], r"unknown mode 'fast': choose one of op, layer, looped"),
+    (["--context", "1000"], r"context 1000 must be in 1\.\.256"),
+    (["--pos", "300"], r"--pos 300 is outside the context"),
+    (["--token", "512"], r"--token 512 is outside the vocabulary"),
+])
+def test_errors(tmp_path, capsys, args, msg):
+    rc, out, err = _rdu(capsys, "compile", DEFAULT_MODEL, "-o", tmp_path / "o" / "x.rbit", *args)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("rdu: error: ")
+    assert re.search(msg, err), err
+    assert not (tmp_path / "o").exists()          # nothing written
+
+
+def test_input_output_errors(tmp_path, capsys):
+    cases = [
+        (["compile", tmp_path / "nope", "-o", tmp_path / "x.rbit"], "no such file or folder"),
+        (["compile", _bad_model(tmp_path), "-o", tmp_path / "x.rbit"], "not valid JSON"),
+        (["compile", DEFAULT_MODEL], "give the output with -o"),
+    ]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases.append((["compile", DEFAULT_MODEL, "-o", blocker / "x.rbit"], "is a file, not a folder"))
+    (tmp_path / "d.map.txt").mkdir()                # a report path that cannot be written
+    cases.append((["compile", DEFAULT_MODEL, "-o", tmp_path / "d.rbit"], "cannot write"))
+    for argv, msg in cases:
+        rc, out, err = _rdu(capsys, *argv)
+        assert rc == 2, (argv, out, err)
+        assert err.count("\n") == 1 and err.startswith("rdu: error: "), err
+        assert msg in err, (argv, err)
