@@ -291,8 +291,11 @@ def compile_decode(qm: QuantModel, p: RduParams = DEFAULT_PARAMS, *, mode: str =
     act_sizes = {
         "next": bb, "x": 2 * c.dim, "h": c.dim, "q16": 2 * nh * hd, "k16": 2 * nkv * hd,
         "v8": nkv * hd, "q_rot": nh * hd, "k_rot": nkv * hd, "e": context * bb, "sums": bb,
-        "attn_out": nh * hd, "a": 2 * c.dim, "g8": c.hidden_dim, "u16": 2 * c.hidden_dim,
-        "mid": c.hidden_dim * qm.act_bits["mid"] // 8, "logits": 4 * c.vocab_size}
+        "attn_out": nh * hd, "a": 2 * c.dim, "g8": c.hidden_dim,
+        # SwiGLU runs whole beats of int8 gate channels (64 per beat), so u16 and mid span
+        # 2 x roundup(hidden, 64) bytes
+        "u16": 2 * _up(c.hidden_dim, bb),
+        "mid": _up(c.hidden_dim, bb) * qm.act_bits["mid"] // 8, "logits": 4 * c.vocab_size}
     act = {}
     act_bytes = {}
     for name, n in act_sizes.items():
