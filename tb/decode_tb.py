@@ -2,7 +2,8 @@
 
 Arguments in ``MINIRDU_ARGS`` (JSON): ``params``, ``model`` (path), ``mode``, ``context``
 (optional), ``prompt_ids``, ``tokens`` (to generate), ``launch_overhead_cycles``, ``check``
-(compare every kernel's output with the golden trace), ``progress`` (a JSON-lines file: one
+(compare every kernel's output with the golden trace), ``watchdog_cycles`` (optional cap on
+every kernel's watchdog budget: tests make a kernel "hang" with it), ``progress`` (a JSON-lines file: one
 line per step, read by the parent for its progress bar) and ``result`` (JSON written at the
 end, also when the run fails: ``error`` then says why).
 
@@ -45,7 +46,8 @@ async def decode(dut):
         drv = ChipDriver(dut, p)
         await drv.start()
         runner = DecodeRunner(drv, prog, launch_overhead_cycles=args["launch_overhead_cycles"],
-                              check=args.get("check", False))
+                              check=args.get("check", False),
+                              watchdog_cycles=args.get("watchdog_cycles"))
         res["load"] = await runner.load()
         prompt = [int(t) for t in args["prompt_ids"]]
         n_new = int(args["tokens"])

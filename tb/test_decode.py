@@ -15,7 +15,7 @@ import pytest
 from sw.frontend import load_model
 from sw.frontend.hf import save_hf
 from sw.model import LlamaConfig, random_model
-from sw.runtime.sim import run_decode
+from sw.runtime.sim import DecodeFailed, run_decode
 
 pytestmark = pytest.mark.verilator
 
@@ -63,3 +63,15 @@ def test_decode_other_shapes_op(tmp_path, name, config):
     res = run_decode(folder, prompt_ids=[1, 5, 9], tokens=2, mode="op", out=tmp_path / "run",
                      check=True, progress=False, launch_overhead_cycles=0)
     _check(res, 2)
+
+
+def test_decode_watchdog_names_stuck_units(tmp_path):
+    """A kernel that does not finish within its budget fails the decode with a message naming
+    the kernel and the units still busy (budget capped at 40 cycles: the first kernel, the
+    embedding gather, waits ~150 cycles for HBM alone)."""
+    with pytest.raises(DecodeFailed, match=r"watchdog: pos 0 kernel embed not done after 40 "
+                                           r"cycles: .*(pcu|agcu)\d+ busy"):
+        run_decode(MODEL, prompt_ids=[1], tokens=1, mode="op", out=tmp_path, progress=False,
+                   watchdog_cycles=40)
+    res = json.loads((tmp_path / "tb_result.json").read_text())
+    assert "HangError" in res["error"]

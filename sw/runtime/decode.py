@@ -46,10 +46,11 @@ def _elements(data: bytes, bits: int, n: int) -> np.ndarray:
 
 class DecodeRunner:
     def __init__(self, drv, program, *, launch_overhead_cycles: int = 0, check: bool = False,
-                 log=None):
+                 watchdog_cycles: int | None = None, log=None):
         self.drv, self.prog = drv, program
         self.launch_overhead_cycles = int(launch_overhead_cycles)
         self.check = check
+        self.watchdog_cycles = watchdog_cycles    # caps every kernel's own budget (tests)
         self.log = log or (lambda msg: None)
         self._trace: dict = {}
         self.golden = GoldenDecoder(program.qm, trace=self._record)
@@ -85,8 +86,11 @@ class DecodeRunner:
             c0 = self._cycles()
             await drv.load_bitstream(call.bitstream)
             c1 = c2 = self._cycles()
+            budget = call.kernel.watchdog
+            if self.watchdog_cycles is not None:
+                budget = min(budget, self.watchdog_cycles)
             await drv.run_units(call.kernel.unit_ids, iteration=call.iteration, count=call.count,
-                                cycles=call.kernel.watchdog, what=call.label)
+                                cycles=budget, what=f"pos {pos} kernel {call.label}")
             c3 = self._cycles()
             phases["config"] += c1 - c0
             phases["run"] += c3 - c2

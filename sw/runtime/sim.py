@@ -90,7 +90,7 @@ def _progress(path: Path, total: int, prompt_len: int, stop: threading.Event, to
 def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "op", out: Path,
                launch_overhead_cycles: int = LAUNCH_OVERHEAD_DEFAULT, check: bool = False,
                waves: bool = False, params=None, context: int | None = None,
-               progress: bool = True, tokenizer=None) -> dict:
+               progress: bool = True, tokenizer=None, watchdog_cycles: int | None = None) -> dict:
     from hdl.chip import Chip
     from hdl.params import DEFAULT_PARAMS
     from sw.frontend import load_model
@@ -110,7 +110,8 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
     args = {"params": p.to_dict(), "model": str(Path(model_path).resolve()), "mode": mode,
             "context": context, "prompt_ids": prompt_ids, "tokens": tokens,
             "launch_overhead_cycles": launch_overhead_cycles, "check": check,
-            "progress": str(prog_file), "result": str(tb_file)}
+            "progress": str(prog_file), "result": str(tb_file),
+            "watchdog_cycles": watchdog_cycles}
     stop = threading.Event()
     bar = None
     if progress:
