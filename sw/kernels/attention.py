@@ -141,10 +141,9 @@ from hdl.fu import FuOp
 from hdl.pcu import AccOp, PcuConfig, Red, Src, pcu_geometry
 from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
-from hdl.unitmap import unit_map
 from sw import intops
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
-from sw.kernels.kernel import DecodeKernel, Ref, as_ref
+from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place_roles
+from sw.kernels.kernel import DecodeKernel, Ref, as_ref, int_arg, refs_metadata, watchdog_cycles
 from sw.kernels.patterns import PatternError
 from sw.quant import EXP_SIZE
 
@@ -173,11 +172,7 @@ def _up(v: int, a: int) -> int:
 
 
 def _int(v, what: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo \
-            or (hi is not None and v > hi):
-        rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-        raise PatternError(f"{what} must be an integer {rng}, got {v!r}")
-    return int(v)
+    return int_arg(v, what, lo, hi, error=PatternError)
 
 
 def kv_row_bytes(p: RduParams, kv_dim: int) -> int:
@@ -342,13 +337,6 @@ def _check_chip(p: RduParams):
                            f"REQUANT words); this chip has {g['n_vin']}")
 
 
-def _default_roles(p: RduParams, need: set):
-    have = {u.name for u in unit_map(p)}
-    if (p.grid_rows, p.grid_cols) == (4, 4) and set(DEFAULT_ROLES.values()) <= have:
-        return {r: u for r, u in DEFAULT_ROLES.items() if r in need}
-    return None
-
-
 def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: int,
                        context: int, pos: int, q, kv, const, e, sums, iterations: int = 1,
                        name: str = "attn_softmax", exp_entries: int = EXP_SIZE,
@@ -394,7 +382,6 @@ def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim:
     CB = lay.const_beats
     rb = lay.row_bytes // bb                              # beats per row (streaming)
     row_words = lay.row_bytes // 4
-    need = set(ATTN_PCUS + ATTN_PMUS + ATTN_AGCUS) | ({"MQ"} if QB > 1 else set())
 
     def blob_pmu(**rd):
         return PmuConfig(sync=True, buf_base=0, buf_size=CB, n_buf=1, wr_passes=1,
@@ -487,35 +474,22 @@ def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim:
         kb.route(f"{u['PE']}.vout", f"{u['ao']}.wr", what="e + running sums")
         return kb, u
 
-    if roles is None:
-        roles = _default_roles(p, need)
-    if roles is not None:
-        missing = need - set(roles)
-        if missing:
-            raise PatternError(f"attention softmax roles: missing {sorted(missing)}")
-        try:
-            kb, roles = build({r: roles[r] for r in need})
-        except KernelError as err:
-            raise PatternError(f"attention softmax mapping {roles} does not route: {err}") \
-                from None
-    else:
-        pmus = list(ATTN_PMUS) + (["MQ"] if QB > 1 else [])
-        edges = [x for x in ATTN_EDGES if QB == 1 or x != ("aq", "PS")]
-        if QB > 1:
-            edges += [("aq", "MQ"), ("MQ", "PS")]
-        kb, roles = place(p, pcus=list(ATTN_PCUS), pmus=pmus, agcus=list(ATTN_AGCUS),
-                          edges=edges, build=build, error=PatternError)
+    pmus = list(ATTN_PMUS) + (["MQ"] if QB > 1 else [])
+    edges = [x for x in ATTN_EDGES if QB == 1 or x != ("aq", "PS")]
+    if QB > 1:
+        edges += [("aq", "MQ"), ("MQ", "PS")]
+    kb, roles = place_roles(p, build=build, what="attention softmax", roles=roles,
+                            hand=DEFAULT_ROLES, pcus=ATTN_PCUS, pmus=pmus, agcus=ATTN_AGCUS,
+                            edges=edges, error=PatternError)
     kb.metadata.update({"pattern": "attn_softmax", "n_heads": lay.n_heads,
                         "n_kv_heads": lay.n_kv_heads, "head_dim": lay.head_dim,
                         "context": lay.context, "pos": lay.pos, "exp_entries": N,
                         "roles": roles, "sums": "before e" if descending else "after e",
-                        "hbm": {k: [r.addr, r.iter_stride] for k, r in
-                                (("q", q), ("kv", kv), ("const", const), ("e", e),
-                                 ("sums", sums))}})
+                        "hbm": refs_metadata(q=q, kv=kv, const=const, e=e, sums=sums)})
     moved = QB + lay.k_beats + CB + 2 * T
     return DecodeKernel(
         pattern="attn_softmax", params=p, builder=kb, roles=roles,
-        watchdog=20_000 + 16 * moved + 20 * T * QB + 40 * T + 4 * p.hbm_read_latency,
+        watchdog=watchdog_cycles(p, moved) + 20 * T * QB + 40 * T,
         reads={"q": QB * bb, "kv": lay.k_beats * bb, "const": CB * bb},
         writes={"e": (2 * T - 1) * bb, "sums": bb},
         outputs={"e": e, "sums": sums},

@@ -128,10 +128,9 @@ from hdl.fu import FuOp
 from hdl.pcu import AccOp, PcuConfig, Red, Src, pcu_geometry
 from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
-from hdl.unitmap import unit_map
 from sw import intops
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
-from sw.kernels.kernel import DecodeKernel, as_ref
+from sw.kernels.builder import AgcuProgram, KernelBuilder, place_roles
+from sw.kernels.kernel import DecodeKernel, as_ref, int_arg, refs_metadata, watchdog_cycles
 from sw.kernels.patterns import PatternError
 from sw.quant import RECIP_BITS
 
@@ -163,11 +162,7 @@ def _up(v: int, a: int) -> int:
 
 
 def _int(v, what: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo \
-            or (hi is not None and v > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise PatternError(f"attn_wsum {what} must be an integer in {rng}, got {v!r}")
-    return int(v)
+    return int_arg(v, f"attn_wsum {what}", lo, hi, error=PatternError)
 
 
 @dataclass(frozen=True)
@@ -370,13 +365,6 @@ def _check_chip(p: RduParams):
         raise PatternError("attn_wsum needs 32-bit lanes")
 
 
-def _default_roles(p: RduParams):
-    have = {u.name for u in unit_map(p)}
-    if (p.grid_rows, p.grid_cols) == (4, 4) and set(DEFAULT_ROLES.values()) <= have:
-        return dict(DEFAULT_ROLES)
-    return None
-
-
 def build_attn_wsum(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: int,
                     context: int, pos: int, e, sums, kv, const, out, out_bits: int = 8,
                     iterations: int = 1, name: str = "attn_wsum",
@@ -523,30 +511,18 @@ def build_attn_wsum(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: in
         kb.route(f"{u['PF']}.vout", f"{u['ao']}.wr", what=f"out int{out_bits}")
         return kb, u
 
-    if roles is None:
-        roles = _default_roles(p)
-    if roles is not None:
-        missing = set(WSUM_PCUS + WSUM_PMUS + WSUM_AGCUS) - set(roles)
-        if missing:
-            raise PatternError(f"attn_wsum roles: missing {sorted(missing)}")
-        try:
-            kb, roles = build(dict(roles))
-        except KernelError as err:
-            raise PatternError(f"attn_wsum mapping {roles} does not route: {err}") from None
-    else:
-        kb, roles = place(p, pcus=list(WSUM_PCUS), pmus=list(WSUM_PMUS),
-                          agcus=list(WSUM_AGCUS), edges=list(WSUM_EDGES), build=build,
-                          error=PatternError)
+    kb, roles = place_roles(p, build=build, what="attn_wsum", roles=roles, hand=DEFAULT_ROLES,
+                            pcus=WSUM_PCUS, pmus=WSUM_PMUS, agcus=WSUM_AGCUS, edges=WSUM_EDGES,
+                            error=PatternError)
     kb.metadata.update({"pattern": "attn_wsum", "n_heads": lay.n_heads,
                         "n_kv_heads": lay.n_kv_heads, "head_dim": lay.head_dim,
                         "context": context, "pos": pos, "out_bits": out_bits, "roles": roles,
-                        "hbm": {"e": [e.addr, e.iter_stride], "kv": [kv.addr, kv.iter_stride],
-                                "v_offset": v_offset, "const": [const.addr, const.iter_stride],
-                                "out": [out.addr, out.iter_stride]}})
+                        "hbm": {**refs_metadata(e=e, kv=kv, const=const, out=out),
+                                "v_offset": v_offset}})
     moved = T + vp.hbm_beats + cb + out_beats
     return DecodeKernel(
         pattern="attn_wsum", params=p, builder=kb, roles=roles,
-        watchdog=20_000 + 16 * (moved + 2 * T * K) + 4 * p.hbm_read_latency,
+        watchdog=watchdog_cycles(p, moved + 2 * T * K),
         reads={"e": T * bb, "kv": vp.hbm_beats * bb, "const": cb * bb},
         writes={"out": out_beats * bb}, outputs={"out": out},
         info={"layout": lay, "v_plan": vp, "T": T, "const_beats_read": cb,

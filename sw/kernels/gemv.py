@@ -124,17 +124,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from hdl.pcu import AccOp, FuOp, PcuConfig, Red, Src, pcu_geometry
 from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
-from hdl.unitmap import unit_map, units_of_kind
+from hdl.unitmap import units_of_kind
 from sw import intops
-from sw.kernels.builder import (AgcuProgram, KernelBuilder, KernelError, agcu_writable_counters,
-                                place)
-from sw.kernels.kernel import DecodeKernel, as_ref
+from sw.kernels.builder import (AgcuProgram, KernelBuilder, agcu_writable_counters,
+                                place, place_roles)
+from sw.kernels.kernel import DecodeKernel, as_ref, int_arg, refs_metadata, watchdog_cycles
 from sw.kernels.patterns import PatternError
 
 __all__ = ["GemvError", "GemvLayout", "GemvKernel", "make_data", "choose_requant", "golden",
@@ -490,10 +491,7 @@ class GemvDecodeLayout:
         return self.x_beats * (2 if self.x_bits == 16 else 1)
 
 
-def _int_arg(v, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise GemvError(f"{what} must be an integer, got {v!r}")
-    return int(v)
+_int_arg = partial(int_arg, error=GemvError)
 
 
 HALF_MIN_SPREAD = 224     # halves of at least this many beats get a conflict-avoiding offset
@@ -822,48 +820,22 @@ def build_decode_gemv(p: RduParams, *, rows: int, cols: int, x_bits: int, out_bi
             kb.route(f"{u[last]}.vout", f"{u['ay']}.wr", what=f"y int{out_bits}")
         return kb, u
 
-    want = set(pc_roles) | set(pm_roles) | set(ag_roles)
-    built = None
-    if roles is not None:
-        missing = want - set(roles)
-        if missing:
-            raise GemvError(f"gemv roles: missing {sorted(missing)}")
-        try:
-            built = build({r: roles[r] for r in want})
-        except KernelError as e:
-            raise GemvError(f"gemv mapping {roles} does not route: {e}") from None
-    elif _default_decode_roles(p) is not None:
-        try:                            # the hand placement (another 4x4 chip may not route it)
-            built = build({r: DECODE_DEFAULT_ROLES[r] for r in want})
-        except KernelError:
-            built = None
-    if built is None:
-        built = place(p, pcus=pc_roles, pmus=pm_roles, agcus=ag_roles, edges=edges,
-                      build=build, error=GemvError)
-    kb, roles = built
+    # the hand placement falls back to the placer (another 4x4 chip may not route it)
+    kb, roles = place_roles(p, build=build, what="gemv", roles=roles, hand=DECODE_DEFAULT_ROLES,
+                            pcus=pc_roles, pmus=pm_roles, agcus=ag_roles, edges=edges,
+                            hand_fallback=True, error=GemvError)
     kb.metadata.update({"pattern": "gemv", "rows": rows, "cols": cols, "x_bits": x_bits,
                         "out_bits": out_bits, "pcus": pcus, "roles": roles,
-                        "hbm": {"w": [w.addr, w.iter_stride], "x": [x.addr, x.iter_stride],
-                                "y": [y.addr, y.iter_stride]}})
+                        "hbm": refs_metadata(w=w, x=x, y=y)})
     reads = {"w": lay.w_read_beats * bb, "x": lay.x_read_beats * bb}
     writes = {"y": lay.y_beats * bb}
     moved = lay.w_read_beats + lay.x_read_beats + lay.y_beats
     return DecodeKernel(
         pattern="gemv", params=p, builder=kb, roles=roles,
-        watchdog=20_000 + 16 * moved + 4 * p.hbm_read_latency,
+        watchdog=watchdog_cycles(p, moved),
         reads=reads, writes=writes, outputs={"y": y},
         info={"layout": lay, "rows": rows, "cols": cols, "x_bits": x_bits,
               "out_bits": out_bits, "pcus": pcus, "agcu_programs": progs})
-
-
-def _default_decode_roles(p: RduParams):
-    """The hand placement when the chip is a 4x4 grid with these units, else None."""
-    if DECODE_DEFAULT_ROLES is None or (p.grid_rows, p.grid_cols) != (4, 4):
-        return None
-    have = {u.name for u in unit_map(p)}
-    if set(DECODE_DEFAULT_ROLES.values()) <= have:
-        return dict(DECODE_DEFAULT_ROLES)
-    return None
 
 
 def gemv_case(p: RduParams, layers, x, out_bits: int, *, iteration: int = 0,

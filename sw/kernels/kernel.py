@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hdl.params import RduParams
 from sw.kernels.builder import KernelBuilder, KernelError
 
-__all__ = ["Ref", "DecodeKernel", "as_ref"]
+__all__ = ["Ref", "DecodeKernel", "as_ref", "region_kw", "int_arg", "watchdog_cycles",
+           "refs_metadata"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,7 @@ class Ref:
         every iteration ``0..iterations-1``: its ``iter_stride`` and a ``region`` covering all
         the copies (an AGCU refuses addresses outside its region)."""
         st = self.beat_stride(p)
-        if iterations < 1:
-            raise KernelError(f"iterations must be >= 1, got {iterations}")
-        span = beats + (iterations - 1) * abs(st)
-        first = self.beat(p) + min(0, (iterations - 1) * st)
-        return {"iter_stride": st, "region": (first, span)}
+        return region_kw(self.beat(p), beats, st, iterations)
 
     def at(self, offset: int) -> "Ref":
         """The same operand ``offset`` bytes further (same stride)."""
@@ -66,6 +65,16 @@ class Ref:
         return v // p.beat_bytes
 
 
+def region_kw(first: int, span: int, stride: int, iterations: int) -> dict:
+    """``AgcuProgram`` keywords (beats): ``iter_stride`` and a ``region`` covering beats
+    ``[first, first + span)`` of every iteration ``0..iterations-1`` (an AGCU refuses
+    addresses outside its region)."""
+    if iterations < 1:
+        raise KernelError(f"iterations must be >= 1, got {iterations}")
+    lo = first + min(0, (iterations - 1) * stride)
+    return {"iter_stride": stride, "region": (lo, span + (iterations - 1) * abs(stride))}
+
+
 def as_ref(v) -> Ref:
     """``Ref`` from a Ref, an int (stride 0) or an ``(addr, iter_stride)`` pair."""
     if isinstance(v, Ref):
@@ -74,6 +83,29 @@ def as_ref(v) -> Ref:
         return Ref(v)
     addr, stride = v
     return Ref(int(addr), int(stride))
+
+
+def int_arg(v, what: str, lo: int | None = None, hi: int | None = None, *, why: str = "",
+            error=KernelError) -> int:
+    """``v`` as an int; else (not an integer, a bool, or outside ``lo..hi``) ``error``: "``what``
+    must be an integer [in lo..hi | >= lo] [(``why``)], got ``v``"."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) \
+            or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = (f" in {lo}..{hi}" if lo is not None and hi is not None else
+               f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+        raise error(f"{what} must be an integer{rng}{f' ({why})' if why else ''}, got {v!r}")
+    return int(v)
+
+
+def watchdog_cycles(p: RduParams, beats: int) -> int:
+    """A generous cycle budget for a launch moving ``beats`` beats: HBM latency and fill, then
+    up to 16 cycles per beat (gather conflicts serialise up to 16 bank reads per beat)."""
+    return 20_000 + 16 * beats + 4 * p.hbm_read_latency
+
+
+def refs_metadata(**refs) -> dict:
+    """``{name: [addr, iter_stride]}`` of the operands' Refs, for a kernel's metadata."""
+    return {name: [r.addr, r.iter_stride] for name, r in refs.items()}
 
 
 @dataclass

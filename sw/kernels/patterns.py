@@ -76,7 +76,7 @@ from hdl.params import RduParams
 from sw import intops
 from sw.golden import GoldenDecoder
 from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
-from sw.kernels.kernel import DecodeKernel, as_ref
+from sw.kernels.kernel import DecodeKernel, as_ref, watchdog_cycles
 
 __all__ = ["PatternError", "HbmImage", "HbmRegion", "PatternKernel", "build_residual",
            "build_swiglu", "build_argmax", "residual_kernel", "swiglu_kernel", "swiglu_blob",
@@ -178,12 +178,6 @@ class _Hbm:
         return addr
 
 
-def _watchdog(p: RduParams, beats: int) -> int:
-    """Generous: HBM latency and fill, then up to 16 cycles per beat moved (gather conflicts
-    serialise up to 16 bank reads per beat)."""
-    return 20_000 + 16 * beats + 4 * p.hbm_read_latency
-
-
 # ---- residual -----------------------------------------------------------------------------------
 
 def residual_kernel(p: RduParams, *, dim: int, x, y, out, iterations: int = 1,
@@ -222,7 +216,7 @@ def residual_kernel(p: RduParams, *, dim: int, x, y, out, iterations: int = 1,
                       error=PatternError)
     kb.metadata.update({"pattern": "residual", "dim": dim, "roles": roles})
     nb = nbeats * p.beat_bytes
-    return DecodeKernel("residual", p, kb, roles, _watchdog(p, 3 * nbeats),
+    return DecodeKernel("residual", p, kb, roles, watchdog_cycles(p, 3 * nbeats),
                         reads={"x": nb, "y": nb}, writes={"out": nb}, outputs={"out": out},
                         info={"dim": dim})
 
@@ -342,7 +336,7 @@ def swiglu_kernel(p: RduParams, *, hidden: int, out_bits: int, g8, u16, const, o
     kb.metadata.update({"pattern": "swiglu", "hidden": hidden, "out_bits": out_bits,
                         "roles": roles})
     moved = hp // bb + 2 * hp // bb + const_beats + out_beats
-    return DecodeKernel("swiglu", p, kb, roles, _watchdog(p, moved + 16 * nv),
+    return DecodeKernel("swiglu", p, kb, roles, watchdog_cycles(p, moved + 16 * nv),
                         reads={"g8": hp, "u16": 2 * hp, "const": const_beats * bb},
                         writes={"out": out_beats * bb}, outputs={"out": out},
                         info={"hidden": hidden, "out_bits": out_bits})
@@ -412,7 +406,7 @@ def argmax_kernel(p: RduParams, *, vocab: int, logits, out, name: str = "argmax"
     kb, roles = place(p, pcus=["P"], agcus=["al", "ao"], edges=[("al", "P"), ("P", "ao")],
                       build=build, error=PatternError)
     kb.metadata.update({"pattern": "argmax", "vocab": vocab, "roles": roles})
-    return DecodeKernel("argmax", p, kb, roles, _watchdog(p, nbeats + 1),
+    return DecodeKernel("argmax", p, kb, roles, watchdog_cycles(p, nbeats + 1),
                         reads={"logits": nbeats * bb}, writes={"out": bb}, outputs={"out": out},
                         info={"vocab": vocab})
 
@@ -467,7 +461,7 @@ def embed_kernel(p: RduParams, *, dim: int, table, token: int, out,
                       build=build, error=PatternError)
     kb.metadata.update({"pattern": "embed", "dim": dim, "token": token, "roles": roles})
     nb = nbeats * p.beat_bytes
-    return DecodeKernel("embed", p, kb, roles, _watchdog(p, 2 * nbeats),
+    return DecodeKernel("embed", p, kb, roles, watchdog_cycles(p, 2 * nbeats),
                         reads={"row": nb}, writes={"out": nb}, outputs={"out": out},
                         info={"dim": dim, "token": token})
 
@@ -555,10 +549,12 @@ def decode_step_operands(qm, prompt_ids, layer: int) -> dict:
 # ---- running on the chip ------------------------------------------------------------------------
 
 def write_case(kernel: PatternKernel, out: Path, name: str | None = None, *,
-               iteration: int = 0) -> dict:
+               iteration: int = 0, initial: bytes | None = None) -> dict:
     """Write the files ``tb/pattern_tb.py`` reads for one kernel run; return the case dict.
     ``iteration``: the sequencer iteration the kernel is launched at (its AGCUs add
-    ``iteration * iter_stride`` to their bases: a layer kernel run as layer ``iteration``)."""
+    ``iteration * iter_stride`` to their bases: a layer kernel run as layer ``iteration``).
+    ``initial``: the output region's bytes before the run, for a kernel that updates it in
+    place (by default the testbench fills it with the complement of the expected bytes)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel.rbit").write_bytes(kernel.to_bytes())
@@ -569,7 +565,7 @@ def write_case(kernel: PatternKernel, out: Path, name: str | None = None, *,
         f = out / f"{im.name}.bin"
         f.write_bytes(im.data)
         images.append({"name": im.name, "addr": im.addr, "file": str(f.resolve())})
-    return {"name": name or f"{kernel.pattern} {kernel.shape}",
+    case = {"name": name or f"{kernel.pattern} {kernel.shape}",
             "pattern": kernel.pattern,
             "rbit": str((out / "kernel.rbit").resolve()),
             "images": images,
@@ -581,6 +577,13 @@ def write_case(kernel: PatternKernel, out: Path, name: str | None = None, *,
             "watchdog": kernel.watchdog,
             "calls": [{"iteration": iteration, "count": 1, "deps": {}}],
             "result": str((out / "tb_result.json").resolve())}
+    if initial is not None:
+        if len(initial) != kernel.output.nbytes:
+            raise PatternError(f"initial image of {len(initial)} B for an output region of "
+                               f"{kernel.output.nbytes} B")
+        (out / "initial.bin").write_bytes(initial)
+        case["initial"] = str((out / "initial.bin").resolve())
+    return case
 
 
 def run_cases(p: RduParams, cases: list, test_dir: Path, *, build=None, waves: bool = False):

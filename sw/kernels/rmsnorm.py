@@ -85,10 +85,9 @@ from hdl.fu import FuOp
 from hdl.pcu import AccOp, PcuConfig, Red, Src, pcu_geometry
 from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
-from hdl.unitmap import unit_map
 from sw import intops
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
-from sw.kernels.kernel import DecodeKernel, Ref, as_ref
+from sw.kernels.builder import AgcuProgram, KernelBuilder, place_roles
+from sw.kernels.kernel import DecodeKernel, Ref, as_ref, refs_metadata, watchdog_cycles
 from sw.kernels.patterns import PatternError
 
 __all__ = ["RmsnormLayout", "rmsnorm_layout", "rmsnorm_constants", "build_rmsnorm",
@@ -215,14 +214,6 @@ def _check_chip(p: RduParams):
                            f"has {g['n_sin']}")
 
 
-def _default_roles(p: RduParams):
-    """The hand placement when the chip has its units (a 4x4 grid), else None."""
-    have = {u.name for u in unit_map(p)}
-    if (p.grid_rows, p.grid_cols) == (4, 4) and set(DEFAULT_ROLES.values()) <= have:
-        return dict(DEFAULT_ROLES)
-    return None
-
-
 def build_rmsnorm(p: RduParams, *, dim: int, x, const, out, ss_shift: int, eps_int: int,
                   rsqrt_bits: int, out_bits: int = 8, iterations: int = 1,
                   name: str = "rmsnorm", roles: dict | None = None) -> DecodeKernel:
@@ -320,30 +311,18 @@ def build_rmsnorm(p: RduParams, *, dim: int, x, const, out, ss_shift: int, eps_i
         kb.route(f"{u['P3']}.vout", f"{u['ao']}.wr", what=f"out int{out_bits}")
         return kb, u
 
-    if roles is None:
-        roles = _default_roles(p)
-    if roles is not None:
-        missing = set(RMSNORM_PCUS + RMSNORM_PMUS + RMSNORM_AGCUS) - set(roles)
-        if missing:
-            raise PatternError(f"rmsnorm roles: missing {sorted(missing)}")
-        try:
-            kb, roles = build(dict(roles))
-        except KernelError as e:
-            raise PatternError(f"rmsnorm mapping {roles} does not route: {e}") from None
-    else:
-        kb, roles = place(p, pcus=list(RMSNORM_PCUS), pmus=list(RMSNORM_PMUS),
-                          agcus=list(RMSNORM_AGCUS), edges=list(RMSNORM_EDGES), build=build,
-                          error=PatternError)
+    kb, roles = place_roles(p, build=build, what="rmsnorm", roles=roles, hand=DEFAULT_ROLES,
+                            pcus=RMSNORM_PCUS, pmus=RMSNORM_PMUS, agcus=RMSNORM_AGCUS,
+                            edges=RMSNORM_EDGES, error=PatternError)
     bb = p.beat_bytes
     kb.metadata.update({"pattern": "rmsnorm", "dim": lay.dim, "out_bits": out_bits,
                         "roles": roles, "ss_shift": ss_shift, "eps_int": eps_int,
                         "rsqrt_bits": bits,
-                        "hbm": {"x": [x.addr, x.iter_stride], "const": [const.addr,
-                                const.iter_stride], "out": [out.addr, out.iter_stride]}})
+                        "hbm": refs_metadata(x=x, const=const, out=out)})
     moved = lay.x_beats + lay.const_beats + lay.out_beats
     return DecodeKernel(
         pattern="rmsnorm", params=p, builder=kb, roles=roles,
-        watchdog=20_000 + 16 * moved + 4 * p.hbm_read_latency,
+        watchdog=watchdog_cycles(p, moved),
         reads={"x": lay.x_beats * bb, "const": lay.const_beats * bb},
         writes={"out": lay.out_beats * bb}, outputs={"out": out},
         info={"layout": lay, "dim": lay.dim, "out_bits": out_bits})

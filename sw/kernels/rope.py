@@ -87,6 +87,8 @@ total route length that routes).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from hdl.fu import FuOp
@@ -95,8 +97,8 @@ from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
 from hdl.unitmap import units_of_kind
 from sw import intops
-from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
-from sw.kernels.kernel import DecodeKernel, as_ref
+from sw.kernels.builder import AgcuProgram, KernelBuilder, place
+from sw.kernels.kernel import DecodeKernel, as_ref, int_arg, region_kw, watchdog_cycles
 from sw.kernels.patterns import PatternError
 
 __all__ = ["build_rope", "rope_tables", "rope_table_bytes", "rope_row_words", "rope_row_bytes",
@@ -110,19 +112,7 @@ def _up(v: int, a: int) -> int:
     return -(-v // a) * a
 
 
-def _int(v, what: str) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise PatternError(f"{what} must be an integer, got {v!r}")
-    return int(v)
-
-
-def _region(p: RduParams, first: int, span: int, stride: int, iterations: int) -> dict:
-    """``AgcuProgram`` keywords: ``iter_stride`` and a region covering beats ``[first, first +
-    span)`` of every iteration ``0..iterations-1``."""
-    if iterations < 1:
-        raise KernelError(f"iterations must be >= 1, got {iterations}")
-    lo = first + min(0, (iterations - 1) * stride)
-    return {"iter_stride": stride, "region": (lo, span + (iterations - 1) * abs(stride))}
+_int = partial(int_arg, error=PatternError)
 
 
 def _agcus(p: RduParams, n: int, error) -> list[str]:
@@ -299,7 +289,7 @@ def build_rope(p: RduParams, *, n_heads: int, head_dim: int, x16, out, tables, c
                         "out_bits": out_bits, "roles": roles})
     moved = xb + rb + 1 + ob
     return DecodeKernel(
-        "rope", p, kb, roles, watchdog=20_000 + 16 * moved + 8 * n + 4 * p.hbm_read_latency,
+        "rope", p, kb, roles, watchdog=watchdog_cycles(p, moved) + 8 * n,
         reads={"x16": xb * bb, "tables": rb * bb, "const": bb}, writes={"out": ob * bb},
         outputs={"out": out},
         info={"n_heads": H, "head_dim": hd, "elements": n, "pos": pos, "out_bits": out_bits,
@@ -356,7 +346,7 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
     span_kv = (min(kbeat, vbeat), max(kbeat, vbeat) + kb_ - min(kbeat, vbeat))
     kstride = k.beat_stride(p)
     new_prog = AgcuProgram.read(kbeat, (kb_, 2), (1, vbeat - kbeat),
-                                **_region(p, span_kv[0], span_kv[1], kstride, iterations))
+                                **region_kw(span_kv[0], span_kv[1], kstride, iterations))
     info = {"kv_dim": kv_dim, "row_bytes": rbytes, "cache_bytes": cache_bytes,
             "v_offset": v_offset, "pos": pos}
 
@@ -364,7 +354,7 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
         rowb = rbytes // bb
         base = kv.beat(p) + pos * rowb
         wr = AgcuProgram.write(base, (rowb, 2), (1, cache),
-                               **_region(p, base, cache + rowb, kv.beat_stride(p), iterations))
+                               **region_kw(base, cache + rowb, kv.beat_stride(p), iterations))
 
         def build(u):
             kbld = KernelBuilder(p, name)
@@ -390,7 +380,7 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
         o = (pos % rpb) * R                        # first word of row pos in its beat
         row_beat = pos // rpb
         base = kv.beat(p) + row_beat
-        kvreg = _region(p, base, cache + 1, kv.beat_stride(p), iterations)
+        kvreg = region_kw(base, cache + 1, kv.beat_stride(p), iterations)
         old_prog = AgcuProgram.read(base, (2,), (cache,), **kvreg)
         wr = AgcuProgram.write(base, (2,), (cache,), **kvreg)
         for prog in (new_prog, old_prog, wr):      # address errors before placement
