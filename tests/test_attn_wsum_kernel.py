@@ -5,9 +5,6 @@ buffer passes, each PCU stage through ``hdl.fu.fu_op_eval`` semantics with its c
 accumulate and emit levels), bit for bit against ``GoldenDecoder.attn_wsum``. The chip itself
 runs the kernel in ``tb/test_attn_wsum.py``."""
 
-import dataclasses
-import types
-
 import numpy as np
 import pytest
 
@@ -18,13 +15,14 @@ from hdl.pcu import PcuReg, Red, Src
 from hdl.pmu import PmuReg, RdMode, rd_count_reg, rd_stride_reg, wr_count_reg, wr_stride_reg
 from sw import intops
 from sw.frontend import load_model
-from sw.golden import GoldenDecoder, quantized
+from sw.golden import quantized
 from sw.kernels.attn_wsum import (build_attn_wsum, channel_map, wsum_blob, wsum_constants,
                                   wsum_layout)
 from sw.kernels.builder import KernelError
 from sw.kernels.gemv import REDUCED_PARAMS
 from sw.kernels.kernel import Ref
 from sw.kernels.patterns import PatternError
+from tb.attn_wsum_case import golden_wsum, random_e, random_pairs, step_operands, wsum_hbm
 
 P = DEFAULT_PARAMS
 BB = P.beat_bytes
@@ -38,26 +36,6 @@ def qm():
 
 def _up(v, a):
     return -(-v // a) * a
-
-
-def golden(qm, e, V, m, s, n_rep, out_bits=8):
-    """``GoldenDecoder.attn_wsum`` for e (T, n_heads), V (T, n_kv, hd), per-channel m, s."""
-    q = dataclasses.replace(qm, act_bits={**qm.act_bits, "attn_out": out_bits})
-    nh = e.shape[1]
-    hd = V.shape[2]
-    E = np.asarray(e, np.int64).T
-    Vh = np.asarray(V)[:, np.arange(nh) // n_rep, :].transpose(1, 0, 2)
-    o = GoldenDecoder.attn_wsum(types.SimpleNamespace(qm=q), E, E.sum(1), Vh,
-                                np.reshape(m, (nh, hd)), np.reshape(s, (nh, hd)))
-    return o.reshape(-1)
-
-
-def random_e(qm, rng, T, nh):
-    """Softmax numerators as the softmax makes them: EXP[i], the maximum (i = 0) once per
-    head at least."""
-    idx = rng.integers(0, qm.exp.size, (T, nh))
-    idx[rng.integers(0, T, nh), np.arange(nh)] = 0
-    return qm.exp[idx].astype(np.int64)
 
 
 # ---- the emulator: the kernel's registers applied to an HBM image ------------------------------
@@ -301,7 +279,6 @@ def make_case(qm, *, nh, nkv, hd, T, context=256, layers=1, layer=0, out_bits=8,
     random)."""
     rng = np.random.default_rng(seed)
     lay = wsum_layout(P, nh, nkv, hd, qm.recip_bits)
-    C = nh * hd
     kvr, kvd = lay.kv_row_bytes, lay.kv_dim
     e = random_e(qm, rng, T, nh) if e is None else np.asarray(e, np.int64)
     Vs = []
@@ -311,46 +288,31 @@ def make_case(qm, *, nh, nkv, hd, T, context=256, layers=1, layer=0, out_bits=8,
             rows[:T, :kvd] = v_caches[l][:T]
         Vs.append(rows)
     if pairs is None:
-        # o ~ (e-weighted mean of V) * m / 2**s: s 14..16 keeps most outputs in range
-        pairs = [(rng.integers(1 << 14, 1 << 15, C), rng.integers(14, 17, C))
-                 for _ in range(layers)]
+        pairs = random_pairs(rng, nh * hd, layers)
     recip = qm.recip if recip is None else recip
     blobs = [wsum_blob(P, n_heads=nh, n_kv_heads=nkv, head_dim=hd, m=a, s=b, recip=recip,
                        recip_bits=qm.recip_bits) for a, b in pairs]
-    ea = 0
-    sa = _up(T * BB, 1024)
-    oa = sa + 1024
-    out_beats = _up(C * out_bits // 8, BB) // BB
-    ca = _up(oa + out_beats * BB, 1024)
-    cstride = len(blobs[0]) + 3 * BB
-    voff = lay.v_offset(P, context)
-    kva = _up(ca + layers * cstride, 4096)
-    kvstride = _up(voff + context * kvr, 1024) + 2 * BB
-    hbm = bytearray(kva + layers * kvstride)
+    mp = wsum_hbm(P, lay, T=T, context=context, layers=layers, blob_bytes=len(blobs[0]),
+                  out_bits=out_bits)
+    hbm = bytearray(mp.size)
     ew = np.zeros((T, L), "<i4")
     ew[:, :nh] = e
-    hbm[ea:ea + T * BB] = ew.tobytes()
+    hbm[mp.e:mp.e + T * BB] = ew.tobytes()
     sw_ = np.zeros(L, "<i4")
     sw_[:nh] = e.sum(0)
-    hbm[sa:sa + BB] = sw_.tobytes()
+    hbm[mp.sums:mp.sums + BB] = sw_.tobytes()
     for l in range(layers):
-        hbm[ca + l * cstride:ca + l * cstride + len(blobs[l])] = blobs[l]
+        ca = mp.const + l * mp.const_stride
+        hbm[ca:ca + len(blobs[l])] = blobs[l]
         junk = rng.integers(0, 256, 3 * BB).astype(np.uint8).tobytes()
-        hbm[ca + l * cstride + len(blobs[l]):ca + (l + 1) * cstride] = junk
-        kb = kva + l * kvstride
+        hbm[ca + len(blobs[l]):ca + mp.const_stride] = junk
+        kb, voff = mp.kv + l * mp.kv_stride, mp.v_offset
         hbm[kb:kb + voff] = rng.integers(0, 256, voff).astype(np.uint8).tobytes()   # K cache
         hbm[kb + voff:kb + voff + context * kvr] = Vs[l].tobytes()
     V = Vs[layer][:T, :kvd].reshape(T, nkv, hd)
     m, s = pairs[layer]
-    g = golden(qm, e, V, m, s, nh // nkv, out_bits)
-    exp = np.zeros(out_beats * BB // (out_bits // 8), {8: "<i1", 16: "<i2"}[out_bits])
-    exp[:C] = g
-    k = build_attn_wsum(P, n_heads=nh, n_kv_heads=nkv, head_dim=hd, context=context,
-                        pos=T - 1, e=Ref(ea), sums=Ref(sa),
-                        kv=Ref(kva, kvstride if layers > 1 else 0),
-                        const=Ref(ca, cstride if layers > 1 else 0), out=Ref(oa),
-                        out_bits=out_bits, iterations=layers)
-    return k, bytes(hbm), exp.tobytes(), g, oa
+    g = golden_wsum(qm, e, V, m, s, nh // nkv, out_bits)
+    return mp.build(P), bytes(hbm), mp.expected(P, g), g, mp.out
 
 
 def kernel(**kw):
@@ -622,29 +584,6 @@ def test_emulated_layers_and_corruption(qm):
     assert emulate(k, bytes(junk), iteration=2)[0] == expected
 
 
-def step_operands(qm, ids, layer):
-    """e (T, n_heads), sums, the V cache rows (layers, T, kv_dim) and attn_out of ``layer`` at
-    the last token of ``ids`` (the golden decoder's own values)."""
-    seen = {}
-
-    def trace(name, l, arr):
-        seen.setdefault((name, l), []).append(np.array(arr))
-
-    dec = GoldenDecoder(qm, trace=trace)
-    for t in ids:
-        seen.clear()
-        dec.step(t)
-    c = qm.config
-    T = dec.pos
-    q = seen[("q_rot", layer)][0]
-    kv_of = np.arange(c.n_heads) // c.n_rep
-    sc = dec.attn_scores(q, dec.k_cache[layer, kv_of, :T])
-    e, tot = dec.softmax_num(sc, qm.exp_m[layer], qm.exp_s[layer])
-    rows = dec.v_cache[:, :, :T].transpose(0, 2, 1, 3).reshape(c.n_layers, T, -1)
-    return {"e": e.T, "sums": tot, "rows": rows,
-            "attn_out": seen[("attn_out", layer)][0].reshape(-1)}
-
-
 @pytest.mark.parametrize("n_tokens,iteration", [(11, 2), (1, 0)])
 def test_emulated_real_decode_step(qm, n_tokens, iteration):
     """A real golden decode step of layer 2 (the decoder's own e, V cache and attn_out), with
@@ -653,13 +592,14 @@ def test_emulated_real_decode_step(qm, n_tokens, iteration):
     tok = load_model("models/kjv-280k").tokenizer
     ids = ([tok.bos_id] + tok.encode("In the beginning God created the heaven"))[:n_tokens]
     assert len(ids) == n_tokens
-    op = step_operands(qm, ids, 2)
+    st = step_operands(qm, ids)
+    op = st[2]
     c = qm.config
     pairs = [(qm.attn_m[l], qm.attn_s[l]) for l in range(c.n_layers)]
     if iteration == 0:
-        layers, rows, pairs = 1, [op["rows"][2]], [pairs[2]]
+        layers, rows, pairs = 1, [st["rows"][2]], [pairs[2]]
     else:
-        layers, rows = c.n_layers, list(op["rows"])
+        layers, rows = c.n_layers, list(st["rows"])
     k, hbm, expected, g, _ = make_case(qm, nh=c.n_heads, nkv=c.n_kv_heads, hd=c.head_dim,
                                        T=n_tokens, layers=layers, layer=iteration,
                                        e=op["e"], v_caches=rows, pairs=pairs)
