@@ -37,3 +37,24 @@ bench-hbm: $(STAMP)
 
 clean:
 	rm -rf build sim_build sim_results/*
+
+# Open the newest run's waves (`rdu sim --waves` writes DIR/waves.vcd and DIR/waves.gtkw) in
+# GTKWave; without GTKWave, say how to install it and where the files are.
+WAVES_DIR ?= sim_results
+GTKWAVE   ?= gtkwave
+.PHONY: waves
+waves:
+	@f=$$(ls -t $(WAVES_DIR)/*/waves.gtkw 2>/dev/null | head -n 1); \
+	if [ -z "$$f" ]; then \
+	  echo "no run with waves under $(WAVES_DIR)/: run one first, e.g." >&2; \
+	  echo "  $(VENV)/bin/rdu sim --tokens 1 --waves" >&2; exit 1; fi; \
+	d=$$(dirname "$$f"); \
+	if command -v $(GTKWAVE) >/dev/null 2>&1; then \
+	  echo "opening $$f"; exec $(GTKWAVE) "$$d/waves.vcd" "$$f"; \
+	else \
+	  echo "GTKWave is not installed. Install it with:"; \
+	  echo "  sudo apt-get install gtkwave      (Debian/Ubuntu; macOS: brew install --cask gtkwave)"; \
+	  echo "then run 'make waves' again, or: gtkwave $$d/waves.vcd $$f"; \
+	  echo "waves of the newest run: $$d/waves.vcd"; \
+	  echo "GTKWave save file:       $$f"; \
+	fi
