@@ -63,6 +63,17 @@ def test_shapes_compile(name):
     assert len(calls) == 1 + 17 * RANDOM_CONFIGS[name].n_layers + 3
 
 
+def test_eight_layers_mqa_untied_compiles():
+    """The top of the issue's shape range: 8 layers, MQA (one KV head), untied embeddings."""
+    c = LlamaConfig(dim=64, n_layers=8, n_heads=4, n_kv_heads=1, hidden_dim=128,
+                    vocab_size=320, max_seq_len=24, tie_embeddings=False)
+    prog = compile_decode(_qm(c), DEFAULT_PARAMS, mode="op")
+    _check_map(prog)
+    calls = prog.token_calls(23, 5)
+    assert len(calls) == 1 + 17 * 8 + 3
+    assert {k.iteration for k in calls if k.label.startswith("l7.")} == {7}
+
+
 def test_errors(qm_default):
     with pytest.raises(CompileError, match="unknown mode"):
         compile_decode(qm_default, mode="fast")
@@ -77,6 +88,10 @@ def test_errors(qm_default):
                        vocab_size=256, max_seq_len=8)
     with pytest.raises(CompileError, match="32 heads"):
         compile_decode(_qm(many))
+    hd12 = LlamaConfig(dim=48, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                       vocab_size=256, max_seq_len=8)
+    with pytest.raises(CompileError, match=r"head_dim 12.*\[4, 8, 16, 32\]"):
+        compile_decode(_qm(hd12))
     prog = compile_decode(qm_default)
     with pytest.raises(ValueError):
         prog.token_calls(0, qm_default.config.vocab_size)        # token outside the vocabulary

@@ -136,7 +136,14 @@ class DecodeProgram:
     def _kernel(self, key, make) -> DecodeKernel:
         k = self._cache.get(key)
         if k is None:
-            k = self._cache[key] = make()
+            from sw.kernels.builder import KernelError
+            from sw.kernels.patterns import PatternError
+            try:
+                k = self._cache[key] = make()
+            except (PatternError, KernelError) as e:
+                what = " ".join(str(x) for x in key)
+                raise CompileError(f"the {what} kernel cannot be built for this model on this "
+                                   f"chip: {e}") from None
         return k
 
     def token_calls(self, pos: int, token: int) -> list[Call]:
@@ -260,7 +267,17 @@ class DecodeProgram:
 
 def compile_decode(qm: QuantModel, p: RduParams = DEFAULT_PARAMS, *, mode: str = "op",
                    context: int | None = None) -> DecodeProgram:
-    """Lay out ``qm`` in HBM for ``mode``; kernels are built on demand by ``token_calls``."""
+    """Lay out ``qm`` in HBM for ``mode`` and build one step's kernels (position 0); kernels of
+    other positions are built on demand by ``token_calls``. Raises :class:`CompileError`."""
+    from sw.kernels.builder import KernelError
+    from sw.kernels.patterns import PatternError
+    try:
+        return _compile(qm, p, mode, context)
+    except (PatternError, KernelError) as e:
+        raise CompileError(f"the model cannot be mapped on this chip: {e}") from None
+
+
+def _compile(qm: QuantModel, p: RduParams, mode: str, context: int | None) -> DecodeProgram:
     from sw.kernels.attention import attn_constants
     from sw.kernels.attn_wsum import wsum_constants
     from sw.kernels.gemv import gemv_constants
@@ -375,6 +392,11 @@ def compile_decode(qm: QuantModel, p: RduParams = DEFAULT_PARAMS, *, mode: str =
                            f"constants, KV {L} x {kv_stride} B); the chip has {p.hbm_bytes} B: "
                            f"raise RduParams.hbm_bytes or shorten the context")
     images.append((kv_base, bytes(L * kv_stride)))
-    return DecodeProgram(qm, p, mode, context, act, act_bytes, layer_base, stride, offsets,
+    prog = DecodeProgram(qm, p, mode, context, act, act_bytes, layer_base, stride, offsets,
                          final, emb_base, row_bytes, rope_base, kv_base, kv_stride, kv_row, end,
-                         al.regions, images, compile_seconds=time.monotonic() - t0)
+                         al.regions, images)
+    # Build one whole step now (position 0), so a pattern that cannot map this shape fails at
+    # compile time, naming the kernel; position-dependent kernels are rebuilt per position.
+    prog.token_calls(0, 0)
+    prog.compile_seconds = time.monotonic() - t0
+    return prog
