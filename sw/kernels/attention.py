@@ -143,7 +143,8 @@ from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
 from sw import intops
 from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place_roles
-from sw.kernels.kernel import DecodeKernel, Ref, as_ref, int_arg, refs_metadata, watchdog_cycles
+from sw.kernels.kernel import (DecodeKernel, Ref, as_ref, int_arg, refs_metadata, require_pcus,
+                               stored_pmu, watchdog_cycles)
 from sw.kernels.patterns import PatternError
 from sw.quant import EXP_SIZE
 
@@ -327,16 +328,6 @@ def attn_constants(p: RduParams, qm, layer: int) -> bytes:
                                   s=int(qm.exp_s[layer]))
 
 
-def _check_chip(p: RduParams):
-    g = pcu_geometry(p)
-    if g["stages"] < PI_STAGES:
-        raise PatternError(f"attention softmax needs PCUs with >= {PI_STAGES} FU stages (SUB, "
-                           f"REQUANT, MIN, SELECT, MAX); this chip has {g['stages']}")
-    if g["n_vin"] < 3:
-        raise PatternError("attention softmax needs PCUs with 3 vector inputs (scores, max, "
-                           f"REQUANT words); this chip has {g['n_vin']}")
-
-
 def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: int,
                        context: int, pos: int, q, kv, const, e, sums, iterations: int = 1,
                        name: str = "attn_softmax", exp_entries: int = EXP_SIZE,
@@ -346,7 +337,8 @@ def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim:
                               context=context, pos=pos, exp_entries=exp_entries)
     iterations = _int(iterations, "iterations", 1)
     q, kv, const, e, sums = (as_ref(v) for v in (q, kv, const, e, sums))
-    _check_chip(p)
+    require_pcus(p, "attention softmax", stages=(PI_STAGES, "SUB, REQUANT, MIN, SELECT, MAX"),
+                 n_vin=(3, "scores, max, REQUANT words"), error=PatternError)
     bb, L = p.beat_bytes, p.lanes
     T, QB, N = lay.T, lay.q_beats, lay.exp_entries
     n_ctr = pcu_geometry(p)["n_ctr"]
@@ -384,8 +376,7 @@ def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim:
     row_words = lay.row_bytes // 4
 
     def blob_pmu(**rd):
-        return PmuConfig(sync=True, buf_base=0, buf_size=CB, n_buf=1, wr_passes=1,
-                         wr_counts=(CB,), wr_strides=(1,), **rd)
+        return stored_pmu(CB, **rd)
 
     def build(u):
         kb = KernelBuilder(p, name)
@@ -411,16 +402,13 @@ def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim:
                            tbl_size=lay.kv_dim // 4)
             mk_sum = f"one {lay.row_bytes}-byte row per buffer, GATHER {QB} beats per row"
         else:
-            mk = PmuConfig(sync=True, buf_base=0, buf_size=lay.k_beats, n_buf=1, wr_passes=1,
-                           wr_counts=(lay.k_beats,), wr_strides=(1,), rd_mode=RdMode.GATHER,
-                           rd_passes=1, rd_base=0, rd_counts=(QB, T),
-                           rd_strides=(0, row_words), tbl_size=lay.kv_dim // 4)
+            mk = stored_pmu(lay.k_beats, rd_mode=RdMode.GATHER, rd_passes=1, rd_base=0,
+                            rd_counts=(QB, T), rd_strides=(0, row_words),
+                            tbl_size=lay.kv_dim // 4)
             mk_sum = f"stores {lay.k_beats} K beats, GATHER {QB} x {T} expanded beats"
         kb.pmu(u["MK"], mk, role="K gather", summary=mk_sum)
-        ms = PmuConfig(sync=True, buf_base=0, buf_size=T, n_buf=1, wr_passes=1,
-                       wr_counts=(T,), wr_strides=(1,), rd_passes=1,
-                       rd_base=T - 1 if descending else 0, rd_counts=(T,),
-                       rd_strides=(-1 if descending else 1,))
+        ms = stored_pmu(T, rd_passes=1, rd_base=T - 1 if descending else 0, rd_counts=(T,),
+                        rd_strides=(-1 if descending else 1,))
         kb.pmu(u["MS"], ms, role="scores", summary=f"stores {T} score beats, re-reads them "
                                                    f"{'descending' if descending else 'ascending'}")
         if QB > 1:

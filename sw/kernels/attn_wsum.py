@@ -130,7 +130,8 @@ from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
 from sw import intops
 from sw.kernels.builder import AgcuProgram, KernelBuilder, place_roles
-from sw.kernels.kernel import DecodeKernel, as_ref, int_arg, refs_metadata, watchdog_cycles
+from sw.kernels.kernel import (DecodeKernel, as_ref, int_arg, refs_metadata, require_pcus,
+                               stored_pmu, watchdog_cycles)
 from sw.kernels.patterns import PatternError
 from sw.quant import RECIP_BITS
 
@@ -354,13 +355,8 @@ def _v_plan(p: RduParams, lay: WsumLayout, T: int) -> VPlan:
 
 
 def _check_chip(p: RduParams):
-    g = pcu_geometry(p)
-    if g["stages"] < PA_STAGES:
-        raise PatternError(f"attn_wsum needs PCUs with >= {PA_STAGES} FU stages (byte "
-                           f"extraction and MAC); this chip has {g['stages']}")
-    if g["n_vin"] < 3:
-        raise PatternError(f"attn_wsum needs PCUs with 3 vector inputs (V, e and W; acc, B and "
-                           f"the sum); this chip has {g['n_vin']}")
+    require_pcus(p, "attn_wsum", stages=(PA_STAGES, "byte extraction and MAC"),
+                 n_vin=(3, "V, e and W; acc, B and the sum"), error=PatternError)
     if p.word_bits != 32 or p.beat_bytes % 4:
         raise PatternError("attn_wsum needs 32-bit lanes")
 
@@ -422,9 +418,7 @@ def build_attn_wsum(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: in
     rb = lay.recip_bits
 
     def blob_pmu(rd_base, counts, strides):
-        return PmuConfig(sync=True, buf_base=0, buf_size=cb, n_buf=1, wr_passes=1,
-                         wr_counts=(cb,), wr_strides=(1,), rd_passes=1, rd_base=rd_base,
-                         rd_counts=counts, rd_strides=strides)
+        return stored_pmu(cb, rd_passes=1, rd_base=rd_base, rd_counts=counts, rd_strides=strides)
 
     def build(u):
         kb = KernelBuilder(p, name)
@@ -432,10 +426,8 @@ def build_attn_wsum(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: in
         kb.agcu(u["av"], progs["v"], role="V load")
         kb.agcu(u["ac"], progs["const"], role="constants")
         kb.agcu(u["ao"], progs["out"], role="out store")
-        kb.pmu(u["ME"], PmuConfig(sync=True, buf_base=0, buf_size=T, n_buf=1, wr_passes=1,
-                                  wr_counts=(T,), wr_strides=(1,), rd_mode=RdMode.GATHER,
-                                  rd_passes=1, rd_base=0, tbl_size=lay.n_heads,
-                                  rd_counts=(T, K), rd_strides=(L, 0)),
+        kb.pmu(u["ME"], stored_pmu(T, rd_mode=RdMode.GATHER, rd_passes=1, rd_base=0,
+                                   tbl_size=lay.n_heads, rd_counts=(T, K), rd_strides=(L, 0)),
                role="e rows", summary=f"stores {T} e rows; gathers e[t][head(c)], chain "
                                       f"(t {T}, k {K})")
         kb.pmu(u["MV"], PmuConfig(sync=True, buf_base=0, buf_size=vp.buf_beats,

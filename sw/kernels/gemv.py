@@ -135,7 +135,8 @@ from hdl.unitmap import units_of_kind
 from sw import intops
 from sw.kernels.builder import (AgcuProgram, KernelBuilder, agcu_writable_counters,
                                 place, place_roles)
-from sw.kernels.kernel import DecodeKernel, as_ref, int_arg, refs_metadata, watchdog_cycles
+from sw.kernels.kernel import (DecodeKernel, as_ref, int_arg, refs_metadata, stored_pmu,
+                               watchdog_cycles)
 from sw.kernels.patterns import PatternError
 
 __all__ = ["GemvError", "GemvLayout", "GemvKernel", "make_data", "choose_requant", "golden",
@@ -353,9 +354,8 @@ def build_gemv(p: RduParams, rows: int, cols: int, *, pcus: int = 2, m: int, s: 
             kb.agcu(ag["x"], AgcuProgram.read(xb, (nb,), (1,), **x_reg), role="x load")
             kb.agcu(ag["y"], AgcuProgram.write(yb, (ybeats,), (1,), **y_reg), role="y store")
             for role, base, k in (("MB", 0, kl), ("MA", kl, kr)):
-                cfg = PmuConfig(sync=True, buf_base=0, buf_size=nb, n_buf=1, wr_passes=1,
-                                wr_counts=(nb,), wr_strides=(1,), rd_passes=1, rd_repeat=rows,
-                                rd_base=base, rd_counts=(k,), rd_strides=(1,))
+                cfg = stored_pmu(nb, rd_passes=1, rd_repeat=rows, rd_base=base, rd_counts=(k,),
+                                 rd_strides=(1,))
                 kb.pmu(M[role], cfg, role=f"x {'left' if role == 'MB' else 'right'}",
                        summary=f"x: {nb} beats written once, beats [{base}, {base + k}) "
                                f"read {rows} times")
@@ -731,12 +731,8 @@ def build_decode_gemv(p: RduParams, *, rows: int, cols: int, x_bits: int, out_bi
     if x_bits == 8:
         mx = PmuConfig.resident_vector(nb, repeat=n_rows_pcu)
     else:
-        mx = PmuConfig(sync=True, buf_base=0, buf_size=2 * nb, n_buf=1, wr_passes=1,
-                       wr_counts=(2 * nb,), wr_strides=(1,), rd_passes=1,
-                       rd_repeat=n_rows_pcu, rd_base=0, rd_counts=(nb,), rd_strides=(1,))
-        ml = PmuConfig(sync=True, buf_base=0, buf_size=2 * nb, n_buf=1, wr_passes=1,
-                       wr_counts=(2 * nb,), wr_strides=(1,), rd_passes=1,
-                       rd_repeat=n_rows_pcu, rd_base=nb, rd_counts=(nb,), rd_strides=(1,))
+        mx, ml = (stored_pmu(2 * nb, rd_passes=1, rd_repeat=n_rows_pcu, rd_base=base,
+                             rd_counts=(nb,), rd_strides=(1,)) for base in (0, nb))
         nv = 2 * lay.x_beats                  # 16-lane virtual beats of one pass over x
         xs = (PcuConfig(p).counters(nv, 2).vin(0, unpack=16)
               .stage(0, FuOp.PASS, Src.IMM, imm=1, acc_op=AccOp.SUM, acc_level=2)

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hdl.params import RduParams
+from hdl.pcu import pcu_geometry
+from hdl.pmu import PmuConfig
 from sw.kernels.builder import KernelBuilder, KernelError
 
-__all__ = ["Ref", "DecodeKernel", "as_ref", "region_kw", "int_arg", "watchdog_cycles",
-           "refs_metadata"]
+__all__ = ["Ref", "DecodeKernel", "as_ref", "region_kw", "int_arg", "require_pcus",
+           "watchdog_cycles", "refs_metadata", "stored_pmu"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,31 @@ def int_arg(v, what: str, lo: int | None = None, hi: int | None = None, *, why: 
     return int(v)
 
 
+def require_pcus(p: RduParams, what: str, *, stages=None, n_vin=None, n_sin=None,
+                 error=KernelError) -> None:
+    """Refuse a chip whose PCUs lack what kernel ``what`` needs: ``stages`` (FU stages),
+    ``n_vin`` (vector inputs), ``n_sin`` (scalar inputs), each ``(minimum, what for)``."""
+    g = pcu_geometry(p)
+    for key, need, form in (("stages", stages, ">= {} FU stages"),
+                            ("n_vin", n_vin, "{} vector inputs"),
+                            ("n_sin", n_sin, "{} scalar inputs")):
+        if need is not None and g[key] < need[0]:
+            raise error(f"{what} needs PCUs with {form.format(need[0])} ({need[1]}); this chip "
+                        f"has {g[key]}")
+
+
 def watchdog_cycles(p: RduParams, beats: int) -> int:
     """A generous cycle budget for a launch moving ``beats`` beats: HBM latency and fill, then
     up to 16 cycles per beat (gather conflicts serialise up to 16 bank reads per beat)."""
     return 20_000 + 16 * beats + 4 * p.hbm_read_latency
+
+
+def stored_pmu(beats: int, **read) -> PmuConfig:
+    """A PMU that stores one stream of ``beats`` beats (``win``, one write pass) in a single
+    SYNC buffer from word 0, then runs the read program ``read`` (``PmuConfig`` keywords) over
+    it: a constants blob, a vector read again or gathered from."""
+    return PmuConfig(sync=True, buf_base=0, buf_size=beats, n_buf=1, wr_passes=1,
+                     wr_counts=(beats,), wr_strides=(1,), **read)
 
 
 def refs_metadata(**refs) -> dict:

@@ -76,13 +76,13 @@ from hdl.params import RduParams
 from sw import intops
 from sw.golden import GoldenDecoder
 from sw.kernels.builder import AgcuProgram, KernelBuilder, KernelError, place
-from sw.kernels.kernel import DecodeKernel, as_ref, watchdog_cycles
+from sw.kernels.kernel import DecodeKernel, as_ref, stored_pmu, watchdog_cycles
 
 __all__ = ["PatternError", "HbmImage", "HbmRegion", "PatternKernel", "build_residual",
            "build_swiglu", "build_argmax", "residual_kernel", "swiglu_kernel", "swiglu_blob",
-           "argmax_kernel", "embed_kernel", "build_embed", "residual_data", "swiglu_data", "swiglu_constants",
-           "argmax_data", "decode_step_operands", "place", "write_case", "run_cases",
-           "SILU_ENTRIES"]
+           "argmax_kernel", "embed_kernel", "build_embed", "residual_data", "swiglu_data",
+           "swiglu_constants", "argmax_data", "decode_step_operands", "golden_step_trace",
+           "place", "write_case", "run_cases", "SILU_ENTRIES"]
 
 SILU_ENTRIES = 256           # the SiLU table is indexed by the raw byte of the int8 gate
 INT32_MIN = -(1 << 31)
@@ -299,9 +299,8 @@ def swiglu_kernel(p: RduParams, *, hidden: int, out_bits: int, g8, u16, const, o
         kb.pmu(u["MT"], lut, role="SiLU LUT",
                summary=f"stores {const_beats} beats, gathers SILU[idx] over words 0..255")
         # The words PMU stores the same stream and reads the REQUANT words (after the table) once.
-        rq = PmuConfig(sync=True, buf_base=0, buf_size=const_beats, n_buf=1, wr_passes=1,
-                       wr_counts=(const_beats,), wr_strides=(1,), rd_passes=1,
-                       rd_base=tbl_beats, rd_counts=(words_beats,), rd_strides=(1,))
+        rq = stored_pmu(const_beats, rd_passes=1, rd_base=tbl_beats, rd_counts=(words_beats,),
+                        rd_strides=(1,))
         kb.pmu(u["MM"], rq, role="REQUANT words",
                summary=f"stores {const_beats} beats, reads beats [{tbl_beats}, {const_beats})")
         idx = (PcuConfig(p).counters(nv).vin(0, unpack=8)
@@ -525,11 +524,10 @@ def argmax_data(vocab: int, seed: int, spread: int = 1 << 31):
     return v
 
 
-def decode_step_operands(qm, prompt_ids, layer: int) -> dict:
-    """Real operands of the three patterns from the golden decoder run over ``prompt_ids``:
-    at the last token, layer ``layer``'s MLP residual inputs (``x`` after the attention
-    residual, ``y`` = the down projection), its SwiGLU inputs (``g8``, ``u16``) and the
-    step's ``logits``; also ``x_next`` and ``mid`` (the golden outputs, for cross-checks)."""
+def golden_step_trace(qm, prompt_ids):
+    """The golden decoder run over ``prompt_ids``: ``(decoder, trace, logits)``, ``trace`` the
+    values of the last step, ``{(name, layer): [arrays in step order]}`` (as
+    ``GoldenDecoder``'s trace hook reports them), ``logits`` its output."""
     seen = {}
 
     def trace(name, l, arr):
@@ -539,6 +537,15 @@ def decode_step_operands(qm, prompt_ids, layer: int) -> dict:
     for t in prompt_ids:
         seen.clear()
         logits = dec.step(t)
+    return dec, seen, logits
+
+
+def decode_step_operands(qm, prompt_ids, layer: int) -> dict:
+    """Real operands of the three patterns from the golden decoder run over ``prompt_ids``:
+    at the last token, layer ``layer``'s MLP residual inputs (``x`` after the attention
+    residual, ``y`` = the down projection), its SwiGLU inputs (``g8``, ``u16``) and the
+    step's ``logits``; also ``x_next`` and ``mid`` (the golden outputs, for cross-checks)."""
+    _, seen, logits = golden_step_trace(qm, prompt_ids)
     xs = seen[("x", layer)]               # after the attention residual, after the MLP residual
     mid = seen[("mid", layer)][0]
     y = GoldenDecoder.gemv(qm.w_down[layer], mid, qm.w_down_m[layer], qm.w_down_s[layer], 16)

@@ -87,7 +87,8 @@ from hdl.pmu import PmuConfig, RdMode, pmu_depth
 from hdl.params import RduParams
 from sw import intops
 from sw.kernels.builder import AgcuProgram, KernelBuilder, place_roles
-from sw.kernels.kernel import DecodeKernel, Ref, as_ref, refs_metadata, watchdog_cycles
+from sw.kernels.kernel import (DecodeKernel, Ref, as_ref, refs_metadata, require_pcus,
+                               stored_pmu, watchdog_cycles)
 from sw.kernels.patterns import PatternError
 
 __all__ = ["RmsnormLayout", "rmsnorm_layout", "rmsnorm_constants", "build_rmsnorm",
@@ -204,16 +205,6 @@ def rmsnorm_constants(p: RduParams, qm, m, s) -> bytes:
     return blob
 
 
-def _check_chip(p: RduParams):
-    g = pcu_geometry(p)
-    if g["stages"] < PI_STAGES:
-        raise PatternError(f"rmsnorm needs PCUs with >= {PI_STAGES} FU stages (the rsqrt index "
-                           f"chain CLZ, SUB, AND, SUB); this chip has {g['stages']}")
-    if g["n_sin"] < 2:
-        raise PatternError("rmsnorm needs PCUs with 2 scalar inputs (r and half_k); this chip "
-                           f"has {g['n_sin']}")
-
-
 def build_rmsnorm(p: RduParams, *, dim: int, x, const, out, ss_shift: int, eps_int: int,
                   rsqrt_bits: int, out_bits: int = 8, iterations: int = 1,
                   name: str = "rmsnorm", roles: dict | None = None) -> DecodeKernel:
@@ -232,7 +223,8 @@ def build_rmsnorm(p: RduParams, *, dim: int, x, const, out, ss_shift: int, eps_i
             or iterations < 1:
         raise PatternError(f"iterations must be a positive integer, got {iterations!r}")
     ss_shift, eps_int, iterations = int(ss_shift), int(eps_int), int(iterations)
-    _check_chip(p)
+    require_pcus(p, "rmsnorm", stages=(PI_STAGES, "the rsqrt index chain CLZ, SUB, AND, SUB"),
+                 n_sin=(2, "r and half_k"), error=PatternError)
     bits = lay.rsqrt_bits
     nv = lay.vbeats
     n_ctr = pcu_geometry(p)["n_ctr"]
@@ -260,10 +252,8 @@ def build_rmsnorm(p: RduParams, *, dim: int, x, const, out, ss_shift: int, eps_i
                role="RSQRT LUT",
                summary=f"stores {lay.const_beats} beats, SGATHER RSQRT[idx] over words "
                        f"0..{lay.tbl_words - 1}")
-        kb.pmu(u["MW"], PmuConfig(sync=True, buf_base=0, buf_size=lay.const_beats, n_buf=1,
-                                  wr_passes=1, wr_counts=(lay.const_beats,), wr_strides=(1,),
-                                  rd_passes=1, rd_base=lay.tbl_beats,
-                                  rd_counts=(lay.words_beats,), rd_strides=(1,)),
+        kb.pmu(u["MW"], stored_pmu(lay.const_beats, rd_passes=1, rd_base=lay.tbl_beats,
+                                   rd_counts=(lay.words_beats,), rd_strides=(1,)),
                role="REQUANT words",
                summary=f"stores {lay.const_beats} beats, reads beats "
                        f"[{lay.tbl_beats}, {lay.const_beats})")

@@ -98,7 +98,8 @@ from hdl.params import RduParams
 from hdl.unitmap import units_of_kind
 from sw import intops
 from sw.kernels.builder import AgcuProgram, KernelBuilder, place
-from sw.kernels.kernel import DecodeKernel, as_ref, int_arg, region_kw, watchdog_cycles
+from sw.kernels.kernel import (DecodeKernel, as_ref, int_arg, region_kw, stored_pmu,
+                               watchdog_cycles)
 from sw.kernels.patterns import PatternError
 
 __all__ = ["build_rope", "rope_tables", "rope_table_bytes", "rope_row_words", "rope_row_bytes",
@@ -226,9 +227,8 @@ def build_rope(p: RduParams, *, n_heads: int, head_dim: int, x16, out, tables, c
         prog.writes(p)
     pmus = {
         # x words: written as nv beats, read back as n scalars in element order
-        "M1": PmuConfig(sync=True, buf_base=0, buf_size=nv, n_buf=1, wr_passes=1,
-                        wr_counts=(nv,), wr_strides=(1,), rd_mode=RdMode.SCALAR, rd_passes=1,
-                        rd_counts=(n,), rd_strides=(1,)),
+        "M1": stored_pmu(nv, rd_mode=RdMode.SCALAR, rd_passes=1, rd_counts=(n,),
+                         rd_strides=(1,)),
         # pairs, one head per buffer of a ring (PB starts on head 0 while head 1 is written):
         # element s'*half + t -> word 2t + s'; each head read twice
         "M2": PmuConfig(sync=True, buf_base=0, buf_size=hbeats, n_buf=nbuf,
@@ -236,9 +236,8 @@ def build_rope(p: RduParams, *, n_heads: int, head_dim: int, x16, out, tables, c
                         rd_mode=RdMode.SCALAR, rd_passes=H, rd_counts=(hd, 2),
                         rd_strides=(1, 0)),
         # coefficient row of pos: 2*hd words, read once per head
-        "Mt": PmuConfig(sync=True, buf_base=0, buf_size=rb, n_buf=1, wr_passes=1,
-                        wr_counts=(rb,), wr_strides=(1,), rd_mode=RdMode.SCALAR, rd_passes=1,
-                        rd_counts=(2 * hd, H), rd_strides=(1, 0)),
+        "Mt": stored_pmu(rb, rd_mode=RdMode.SCALAR, rd_passes=1, rd_counts=(2 * hd, H),
+                         rd_strides=(1, 0)),
     }
     nc = g["n_ctr"]
     pcus = {
@@ -387,9 +386,8 @@ def build_kv_append(p: RduParams, *, n_kv_heads: int, head_dim: int, context: in
             prog.writes(p)
         pmus = {
             # old K beat, old V beat -> 32 scalars
-            "Mo": PmuConfig(sync=True, buf_base=0, buf_size=2, n_buf=1, wr_passes=1,
-                            wr_counts=(2,), wr_strides=(1,), rd_mode=RdMode.SCALAR, rd_passes=1,
-                            rd_counts=(2 * L,), rd_strides=(1,)),
+            "Mo": stored_pmu(2, rd_mode=RdMode.SCALAR, rd_passes=1, rd_counts=(2 * L,),
+                             rd_strides=(1,)),
             # k at beat 1, v at beat 3; word 16 + i - o of beat pair c lines k[i - o] up with
             # word i of the cache beat (the others are ignored by the select)
             "Mk": PmuConfig(sync=True, buf_base=0, buf_size=4, n_buf=1, wr_passes=1,
