@@ -14,8 +14,10 @@ import numpy as np
 from sw.golden import GoldenDecoder
 from sw.kernels.attn_wsum import build_attn_wsum
 from sw.kernels.kernel import Ref
+from sw.kernels.patterns import golden_step_trace
 
-__all__ = ["golden_wsum", "random_e", "random_pairs", "step_operands", "WsumHbm", "wsum_hbm"]
+__all__ = ["golden_wsum", "random_e", "random_pairs", "v_cache", "step_operands", "WsumHbm",
+           "wsum_hbm"]
 
 
 def _up(v, a):
@@ -49,19 +51,20 @@ def random_pairs(rng, channels, layers):
             for _ in range(layers)]
 
 
+def v_cache(rng, lay, context, T, real=None):
+    """A layer's V cache (context, kv_row_bytes) int8: random junk, but rows < T from
+    ``real`` (rows, kv_dim) when given."""
+    rows = rng.integers(-128, 128, (context, lay.kv_row_bytes)).astype(np.int8)
+    if real is not None:
+        rows[:T, :lay.kv_dim] = real[:T]
+    return rows
+
+
 def step_operands(qm, ids):
     """At the last token of ``ids``, per layer ``l``: ``{"e": (T, n_heads), "sums",
     "attn_out"}``; and ``"rows"``: the V cache rows (layers, T, kv_dim). All the golden
     decoder's own values."""
-    seen = {}
-
-    def trace(name, l, arr):
-        seen.setdefault((name, l), []).append(np.array(arr))
-
-    dec = GoldenDecoder(qm, trace=trace)
-    for t in ids:
-        seen.clear()
-        dec.step(t)
+    dec, seen, _ = golden_step_trace(qm, ids)
     c = qm.config
     T = dec.pos
     kv_of = np.arange(c.n_heads) // c.n_rep

@@ -22,7 +22,8 @@ from sw.kernels.builder import KernelError
 from sw.kernels.gemv import REDUCED_PARAMS
 from sw.kernels.kernel import Ref
 from sw.kernels.patterns import PatternError
-from tb.attn_wsum_case import golden_wsum, random_e, random_pairs, step_operands, wsum_hbm
+from tb.attn_wsum_case import (golden_wsum, random_e, random_pairs, step_operands, v_cache,
+                               wsum_hbm)
 
 P = DEFAULT_PARAMS
 BB = P.beat_bytes
@@ -283,10 +284,7 @@ def make_case(qm, *, nh, nkv, hd, T, context=256, layers=1, layer=0, out_bits=8,
     e = random_e(qm, rng, T, nh) if e is None else np.asarray(e, np.int64)
     Vs = []
     for l in range(layers):
-        rows = rng.integers(-128, 128, (context, kvr)).astype(np.int8)   # junk past T
-        if v_caches is not None:
-            rows[:T, :kvd] = v_caches[l][:T]
-        Vs.append(rows)
+        Vs.append(v_cache(rng, lay, context, T, None if v_caches is None else v_caches[l]))
     if pairs is None:
         pairs = random_pairs(rng, nh * hd, layers)
     recip = qm.recip if recip is None else recip
