@@ -22,60 +22,14 @@ import numpy as np
 import pytest
 
 from hdl.params import DEFAULT_PARAMS
-from sw.frontend import load_model
-from sw.golden import GoldenDecoder, quantized
-from sw.kernels.patterns import run_cases, write_case
+from sw.golden import GoldenDecoder
 from tb.attention_case import attn_case
+from tb.kernel_checks import run_checked
 
 pytestmark = pytest.mark.verilator
 
 P = DEFAULT_PARAMS
-MODEL = "models/kjv-280k"
 PROMPT = "And the earth was without"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(MODEL)
-
-
-@pytest.fixture(scope="module")
-def qm(model):
-    return quantized(model)
-
-
-def _run(tmp_path, cases, corrupt=None):
-    """Run ``(label, AttnCase)`` pairs in one simulation; every case bit-exact (but
-    ``corrupt``, whose golden image gets one element flipped and must be the only failure)
-    with its exact HBM traffic. Returns the results."""
-    written = []
-    for i, (label, c) in enumerate(cases):
-        w = write_case(c.pk, tmp_path / f"case{i}", name=label, iteration=c.iteration)
-        if label == corrupt:
-            exp = bytearray(open(w["expected"], "rb").read())
-            exp[4 * 17] ^= 0x01                          # e beat 0 (after sums), lane 1
-            open(w["expected"], "wb").write(bytes(exp))
-        written.append(w)
-    results, info, err = run_cases(P, written, tmp_path)
-    print(f"simulation: {info}")
-    if corrupt is None:
-        assert err is None, err
-    else:
-        assert err is not None and f"{corrupt}: 1/" in str(err), err
-        assert not [l for l, _ in cases if l != corrupt and f"{l}:" in str(err)], err
-    for (label, c), res in zip(cases, results):
-        if label == corrupt:
-            assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
-            assert res["first_mismatch"]["index"] == 17, (label, res)
-            continue
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        cnt = res["counters_after_readback"]             # the read-back reads the region once
-        rd = sum(cnt[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        wr = sum(cnt[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        assert (rd - c.pk.output.nbytes, wr) == (sum(c.k.reads.values()),
-                                                 sum(c.k.writes.values())), (label, cnt)
-        print(f"{label}: {res['counters']['run_busy_cycles']} cycles")
-    return results
 
 
 def _decode(qm, ids):
@@ -122,7 +76,7 @@ def test_attention_decode_step(tmp_path, model, qm):
         cases.append((label, c))
     # the layers' K caches and REQUANT pairs differ: another layer's operands would fail
     assert not np.array_equal(steps[9]["k"][0][:10], steps[9]["k"][2][:10])
-    results = _run(tmp_path, cases)
+    results = run_checked(P, tmp_path, cases)
     cyc = results[0]["counters"]["run_busy_cycles"]
     print(f"attention softmax, default model, T = 10: {cyc} cycles per launch")
     assert cyc < 700, cyc
@@ -154,7 +108,8 @@ def test_attention_random(tmp_path, qm):
     ]
     spread = cases[0][1].e
     assert (spread == 0).any() and len(np.unique(spread)) > 20
-    results = _run(tmp_path, cases, corrupt="MHA 4 hd 16, T 16, corrupted golden")
+    results = run_checked(P, tmp_path, cases,                # e beat 0 (after sums), lane 1
+                          corrupt={"MHA 4 hd 16, T 16, corrupted golden": 17})
     cyc = {label: r["counters"]["run_busy_cycles"] for (label, _), r in zip(cases, results)}
     print(cyc)
     # pass 1 at one expanded K beat per cycle; pass 2 two entries per position, a LUT gather

@@ -21,72 +21,21 @@ blobs and the ``sums`` beat hold junk the kernel must not use (sums is not read)
 is exactly e, the V rows, the blob read once and the output written once.
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from hdl.params import DEFAULT_PARAMS
-from sw.frontend import load_model
-from sw.golden import GoldenDecoder, quantized
-from sw.kernels.attn_wsum import build_attn_wsum, wsum_blob, wsum_layout
-from sw.kernels.kernel import Ref
-from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel, run_cases, write_case
+from sw.kernels.attn_wsum import wsum_blob, wsum_layout
+from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel
+from tb.attn_wsum_case import (golden_wsum, random_e, random_pairs, step_operands, v_cache,
+                               wsum_hbm)
+from tb.kernel_checks import Launch, run_checked
 
 pytestmark = pytest.mark.verilator
 
 P = DEFAULT_PARAMS
 BB = P.beat_bytes
-MODEL = "models/kjv-280k"
 PROMPT = "In the beginning God created the heaven"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(MODEL)
-
-
-@pytest.fixture(scope="module")
-def qm(model):
-    return quantized(model)
-
-
-def _up(v, a):
-    return -(-v // a) * a
-
-
-def golden(qm, e, V, m, s, n_rep, out_bits=8):
-    """``GoldenDecoder.attn_wsum`` for e (T, n_heads), V (T, n_kv, hd), per-channel m, s."""
-    q = dataclasses.replace(qm, act_bits={**qm.act_bits, "attn_out": out_bits})
-    dec = GoldenDecoder(q)
-    nh, hd = e.shape[1], V.shape[2]
-    E = np.asarray(e, np.int64).T
-    Vh = np.asarray(V)[:, np.arange(nh) // n_rep, :].transpose(1, 0, 2)
-    return dec.attn_wsum(E, E.sum(1), Vh, np.reshape(m, (nh, hd)),
-                         np.reshape(s, (nh, hd))).reshape(-1)
-
-
-def step_operands(qm, ids):
-    """Per layer: e (T, n_heads) and sums of the softmax, and attn_out, at the last token of
-    ``ids``; and the V cache rows (layers, T, kv_dim). All the golden decoder's own values."""
-    seen = {}
-
-    def trace(name, l, arr):
-        seen.setdefault((name, l), []).append(np.array(arr))
-
-    dec = GoldenDecoder(qm, trace=trace)
-    for t in ids:
-        seen.clear()
-        dec.step(t)
-    c = qm.config
-    T = dec.pos
-    kv_of = np.arange(c.n_heads) // c.n_rep
-    out = {"rows": dec.v_cache[:, :, :T].transpose(0, 2, 1, 3).reshape(c.n_layers, T, -1)}
-    for l in range(c.n_layers):
-        sc = dec.attn_scores(seen[("q_rot", l)][0], dec.k_cache[l, kv_of, :T])
-        e, tot = dec.softmax_num(sc, qm.exp_m[l], qm.exp_s[l])
-        out[l] = {"e": e.T, "sums": tot, "attn_out": seen[("attn_out", l)][0].reshape(-1)}
-    return out
 
 
 def wsum_case(qm, *, nh, nkv, hd, T, rng, context=256, layers=1, layer=0, out_bits=8,
@@ -94,92 +43,42 @@ def wsum_case(qm, *, nh, nkv, hd, T, rng, context=256, layers=1, layer=0, out_bi
     """A runnable case around ``build_attn_wsum``: e at byte 0, the sums beat (junk: it is not
     read), the output, one constants blob per layer at a stride (junk between), then per layer
     a KV block at a stride: junk K cache, V cache (``v_rows[l]`` for rows < T, junk after).
-    Launched at iteration ``layer``. Returns ``(PatternKernel, DecodeKernel, iteration)``."""
+    Launched at iteration ``layer``."""
     lay = wsum_layout(P, nh, nkv, hd, qm.recip_bits)
-    C = nh * hd
-    kvr, kvd = lay.kv_row_bytes, lay.kv_dim
-    if e is None:                           # EXP values, each head's maximum at least once
-        idx = rng.integers(0, qm.exp.size, (T, nh))
-        idx[rng.integers(0, T, nh), np.arange(nh)] = 0
-        e = qm.exp[idx]
-    e = np.asarray(e, np.int64)
-    if pairs is None:                       # o ~ (e-weighted mean of V) * m / 2**s
-        pairs = [(rng.integers(1 << 14, 1 << 15, C), rng.integers(14, 17, C))
-                 for _ in range(layers)]
+    kvd = lay.kv_dim
+    e = random_e(qm, rng, T, nh) if e is None else np.asarray(e, np.int64)
+    if pairs is None:
+        pairs = random_pairs(rng, nh * hd, layers)
     blobs = [wsum_blob(P, n_heads=nh, n_kv_heads=nkv, head_dim=hd, m=m, s=s, recip=qm.recip,
                        recip_bits=qm.recip_bits) for m, s in pairs]
-    ea = 0
-    sa = _up(T * BB, 1024)
-    oa = sa + 1024
-    out_beats = _up(C * out_bits // 8, BB) // BB
-    ca = _up(oa + out_beats * BB, 1024)
-    cstride = len(blobs[0]) + 3 * BB if layers > 1 else 0
-    voff = lay.v_offset(P, context)
-    kva = _up(ca + layers * (len(blobs[0]) + 3 * BB), 4096)
-    kvstride = _up(voff + context * kvr, 1024) + 2 * BB if layers > 1 else 0
+    hbm = wsum_hbm(P, lay, T=T, context=context, layers=layers, blob_bytes=len(blobs[0]),
+                   out_bits=out_bits)
     ew = np.zeros((T, P.lanes), "<i4")
     ew[:, :nh] = e
-    images = [HbmImage("e", ea, ew.tobytes()),
-              HbmImage("sums (junk)", sa, rng.integers(0, 256, BB).astype(np.uint8).tobytes())]
+    images = [HbmImage("e", hbm.e, ew.tobytes()),
+              HbmImage("sums (junk)", hbm.sums,
+                       rng.integers(0, 256, BB).astype(np.uint8).tobytes())]
     for l, b in enumerate(blobs):
         junk = rng.integers(0, 256, 3 * BB).astype(np.uint8).tobytes()
-        images.append(HbmImage(f"const{l}", ca + l * cstride, b + junk))
+        images.append(HbmImage(f"const{l}", hbm.const + l * hbm.const_stride, b + junk))
     Vs = []
     for l in range(layers):
-        rows = rng.integers(-128, 128, (context, kvr)).astype(np.int8)    # junk past T
-        if v_rows is not None:
-            rows[:T, :kvd] = v_rows[l][:T]
+        rows = v_cache(rng, lay, context, T, None if v_rows is None else v_rows[l])
         Vs.append(rows)
-        k_junk = rng.integers(0, 256, voff).astype(np.uint8).tobytes()
-        images.append(HbmImage(f"kv{l}", kva + l * kvstride, k_junk + rows.tobytes()))
+        k_junk = rng.integers(0, 256, hbm.v_offset).astype(np.uint8).tobytes()
+        images.append(HbmImage(f"kv{l}", hbm.kv + l * hbm.kv_stride, k_junk + rows.tobytes()))
     m, s = pairs[layer]
-    g = golden(qm, e, Vs[layer][:T, :kvd].reshape(T, nkv, hd), m, s, nh // nkv, out_bits)
-    dt = {8: "<i1", 16: "<i2"}[out_bits]
-    expected = np.zeros(out_beats * BB // (out_bits // 8), dt)
-    expected[:C] = g
-    k = build_attn_wsum(P, n_heads=nh, n_kv_heads=nkv, head_dim=hd, context=context,
-                        pos=T - 1, e=Ref(ea), sums=Ref(sa), kv=Ref(kva, kvstride),
-                        const=Ref(ca, cstride), out=Ref(oa), out_bits=out_bits,
-                        iterations=layers)
+    g = golden_wsum(qm, e, Vs[layer][:T, :kvd].reshape(T, nkv, hd), m, s, nh // nkv, out_bits)
+    k = hbm.build(P)
     pk = PatternKernel("attn_wsum", P, k.builder, k.roles, images,
-                       HbmRegion("out", oa, out_beats * BB), expected.tobytes(), out_bits, g,
-                       {"shape": (nh, nkv, hd), "T": T, "layer": layer}, k.watchdog)
-    return pk, k, layer
+                       HbmRegion("out", hbm.out, hbm.out_beats * BB), hbm.expected(P, g),
+                       out_bits, g, {"shape": (nh, nkv, hd), "T": T, "layer": layer}, k.watchdog)
+    return Launch(pk, k, layer)
 
 
-def _run(tmp_path, cases, corrupt=None):
-    """Run ``(label, (PatternKernel, DecodeKernel, iteration))`` in one simulation. Checks
-    every case bit-exact (but ``corrupt``: a label whose golden image gets one element
-    flipped, which must be the only failure) and its HBM traffic; returns the results."""
-    written = []
-    for i, (label, (pk, _, it)) in enumerate(cases):
-        c = write_case(pk, tmp_path / f"case{i}", name=label, iteration=it)
-        if label == corrupt:
-            exp = bytearray(open(c["expected"], "rb").read())
-            exp[3 * pk.elem_bits // 8] ^= 0x01
-            open(c["expected"], "wb").write(bytes(exp))
-        written.append(c)
-    results, _, err = run_cases(P, written, tmp_path)
-    if corrupt is None:
-        assert err is None, err
-    else:
-        assert err is not None and f"{corrupt}: 1/" in str(err), err
-        assert not [l for l, _ in cases if l != corrupt and l in str(err)], err
-    for (label, (pk, k, _)), res in zip(cases, results):
-        if label == corrupt:
-            assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
-            assert res["first_mismatch"]["index"] == 3, (label, res)
-            continue
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        c = res["counters_after_readback"]       # the read-back reads the output once more
-        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * BB
-        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * BB
-        out = pk.output.nbytes
-        assert (rd - out, wr) == (sum(k.reads.values()), sum(k.writes.values())), (label, c)
-    for (label, (pk, k, _)), res in zip(cases, results):
-        print(f"{label}: {res['counters']['run_busy_cycles']} cycles, T {k.info['T']}, "
-              f"{k.info['layout'].vectors} vectors, HBM {k.hbm_bytes} B")
-    return results
+def _describe(label, c):
+    k = c.k
+    return f", T {k.info['T']}, {k.info['layout'].vectors} vectors, HBM {k.hbm_bytes} B"
 
 
 def test_attn_wsum_decode_step(tmp_path, model, qm):
@@ -203,13 +102,14 @@ def test_attn_wsum_decode_step(tmp_path, model, qm):
          wsum_case(qm, **shape, T=1, rng=rng, e=first[2]["e"], v_rows=first["rows"][2:3],
                    pairs=pairs[2:3]), first[2]),
     ]
-    for label, (pk, _, _), op in cases:         # the decoder's own attention outputs
-        assert np.array_equal(pk.golden, op["attn_out"]), label
+    for label, case, op in cases:               # the decoder's own attention outputs
+        assert np.array_equal(case.pk.golden, op["attn_out"]), label
         assert np.array_equal(op["e"].sum(0), op["sums"]), label
     # the layers differ (V cache and pairs): a kernel reading another layer's data would fail
     assert not np.array_equal(step["rows"][2], step["rows"][4])
     assert not np.array_equal(qm.attn_m[2], qm.attn_m[4])
-    results = _run(tmp_path, [(label, c) for label, c, _ in cases])
+    results = run_checked(P, tmp_path, [(label, case) for label, case, _ in cases],
+                          describe=_describe)
     cyc = results[0]["counters"]["run_busy_cycles"]
     # ~150 cycles of HBM latency, T x K = 44 MAC beats, then the per-channel chain
     assert cyc < 700, cyc
@@ -231,13 +131,14 @@ def test_attn_wsum_random(tmp_path, qm):
         ("head_dim 6, 3 heads, T=5, corrupted golden",
          wsum_case(qm, nh=3, nkv=1, hd=6, T=5, rng=rng)),
     ]
-    assert cases[7][1][1].info["v_plan"].columns and cases[7][1][1].info["v_plan"].n_buf == 2
-    for label, (pk, _, _) in cases:              # outputs neither trivial nor all saturated
-        g = pk.golden
-        top = (1 << (pk.elem_bits - 1)) - 1
+    assert cases[7][1].k.info["v_plan"].columns and cases[7][1].k.info["v_plan"].n_buf == 2
+    for label, c in cases:                       # outputs neither trivial nor all saturated
+        g = c.pk.golden
+        top = (1 << (c.pk.elem_bits - 1)) - 1
         assert np.count_nonzero(g) > g.size // 2, label
         assert np.count_nonzero(np.abs(g) >= top) < g.size // 2, label
-    results = _run(tmp_path, cases, corrupt="head_dim 6, 3 heads, T=5, corrupted golden")
+    results = run_checked(P, tmp_path, cases, describe=_describe,
+                          corrupt={"head_dim 6, 3 heads, T=5, corrupted golden": 3})
     # The MAC PCU takes one (position, 16-channel vector) beat per cycle, T * K, after the e
     # rows are in (T beats at one per cycle, behind the HBM latency): ~280 + 5 T on the
     # model's shape. The loads of e, V and the blob run at once; where their HBM bank walks
@@ -245,7 +146,7 @@ def test_attn_wsum_random(tmp_path, qm):
     # per channel, 1,884 cycles; 1,557 with the KV block 64 KiB further).
     for i in range(len(cases)):
         c = results[i]["counters"]
-        k = cases[i][1][1]
+        k = cases[i][1].k
         T, K = k.info["T"], k.info["layout"].vectors
         misses = max(c[f"ch{j}_row_misses"] for j in range(P.hbm_channels))
         refresh = max(c[f"ch{j}_refresh_cycles"] for j in range(P.hbm_channels))

@@ -136,28 +136,14 @@ def test_gemv_chain_layer_vs_looped(tmp_path, pcus):
 
 # ---- decode GEMV (build_decode_gemv) on the default chip -----------------------------------------
 
-from sw.golden import GoldenDecoder, quantized                        # noqa: E402
+from sw.golden import GoldenDecoder                                   # noqa: E402
 from sw.kernels.gemv import decode_gemv_layout, gemv_case            # noqa: E402
-from sw.kernels.patterns import run_cases as run_pattern_cases, write_case   # noqa: E402
+from sw.kernels.patterns import golden_step_trace                    # noqa: E402
+from tb.kernel_checks import Launch, run_checked                     # noqa: E402
 
-MODEL = "models/kjv-280k"
 PROMPT = "And God said, Let there be light"
 STEP_LAYER = 2
 D = DEFAULT_PARAMS
-
-
-def _decode_trace():
-    """The quantised model and the trace of the last step of a golden decode of BOS + PROMPT:
-    {(name, layer): [arrays]}."""
-    from sw.frontend import load_model
-    model = load_model(MODEL)
-    qm = quantized(model)
-    seen = {}
-    dec = GoldenDecoder(qm, trace=lambda n, l, a: seen.setdefault((n, l), []).append(np.array(a)))
-    for t in [model.tokenizer.bos_id] + model.tokenizer.encode(PROMPT):
-        seen.clear()
-        dec.step(t)
-    return qm, seen
 
 
 def _decode_gemvs(qm, seen, l):
@@ -182,31 +168,15 @@ def _decode_gemvs(qm, seen, l):
              32, seen[("logits", -1)][0])]
 
 
-def _run_decode_cases(tmp_path, kernels, *, expect_fail=()):
+def _run_decode_cases(tmp_path, kernels, *, corrupt=None):
     """Run (label, PatternKernel, iteration) triples in one simulation of the default chip;
-    check bit-exactness (except the labels in ``expect_fail``, which must fail) and the HBM
+    check bit-exactness (``corrupt``: as :func:`tb.kernel_checks.run_checked`) and the HBM
     traffic (W blob and x read once per launch, y written once, nothing else). Returns
     {label: per-case result}."""
-    cases = [write_case(k, tmp_path / f"case{i}", name=label, iteration=it)
-             for i, (label, k, it) in enumerate(kernels)]
-    results, _, err = run_pattern_cases(D, cases, tmp_path)
-    if expect_fail:
-        assert err is not None and all(f"{lab}: " in str(err) for lab in expect_fail), err
-    elif err is not None:
-        raise err
-    out = {}
-    for (label, k, it), res in zip(kernels, results):
-        out[label] = res
-        if label in expect_fail:
-            assert not res["bit_exact"]
-            continue
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        c = res["counters_after_readback"]          # the read-back reads the output once more
-        rd = sum(c[f"ch{j}_rd_beats"] for j in range(D.hbm_channels)) * D.beat_bytes
-        wr = sum(c[f"ch{j}_wr_beats"] for j in range(D.hbm_channels)) * D.beat_bytes
-        assert (rd - k.output.nbytes, wr) == (k.shape["hbm_read"], k.shape["hbm_write"]), \
-            (label, c)
-    return out
+    results = run_checked(D, tmp_path, [(label, Launch(k, iteration=it))
+                                        for label, k, it in kernels], corrupt=corrupt,
+                          traffic=lambda c: (c.pk.shape["hbm_read"], c.pk.shape["hbm_write"]))
+    return {label: res for (label, _, _), res in zip(kernels, results)}
 
 
 def _report(label, k, res):
@@ -218,13 +188,14 @@ def _report(label, k, res):
     return cyc
 
 
-def test_decode_gemv_decode_step(tmp_path):
+def test_decode_gemv_decode_step(tmp_path, model, qm):
     """The eight GEMVs of layer 2 of a real golden decode step of models/kjv-280k, bit-exact
     with ``GoldenDecoder.gemv`` (and with the decoder's own traced q, k, v, gate, up, logits):
     once launched at iteration 0 with only layer 2's blob, once at iteration 2 with all five
     layers' blobs one layer stride apart (ITER_STRIDE must pick layer 2; the other layers'
     weights give other results)."""
-    qm, seen = _decode_trace()
+    # the trace of the last step of a golden decode of BOS + PROMPT
+    _, seen, _ = golden_step_trace(qm, [model.tokenizer.bos_id] + model.tokenizer.encode(PROMPT))
     kernels = []
     for label, layers, x, ob, traced in _decode_gemvs(qm, seen, STEP_LAYER):
         per_layer = len(layers) > 1
@@ -277,11 +248,9 @@ def test_decode_gemv_shapes(tmp_path):
         lay = decode_gemv_layout(D, rows, cols, xb, ob)
         assert lay.trim == (ob == 32 and lay.nblk % 2 == 1)
         kernels.append((f"{rows}x{cols} x{xb} out{ob} pcus={pcus} it={it}", k, it))
-    bad = gemv_case(D, [layer(64, 64)], xv(64, 8), 16, name="corrupted")
-    bad.expected = bad.expected[:6] + bytes([bad.expected[6] ^ 1]) + bad.expected[7:]
-    kernels.append(("corrupted", bad, 0))
-    res = _run_decode_cases(tmp_path, kernels, expect_fail=["corrupted"])
-    assert res["corrupted"]["mismatches"] == 1 and res["corrupted"]["first_mismatch"]["index"] == 3
+    kernels.append(("corrupted", gemv_case(D, [layer(64, 64)], xv(64, 8), 16, name="corrupted"),
+                    0))
+    res = _run_decode_cases(tmp_path, kernels, corrupt={"corrupted": 3})   # must fail there
     assert any(r["counters"]["run_busy_cycles"] for r in res.values())
     cyc = {lab: _report(lab, k, res[lab]) for lab, k, _ in kernels if lab != "corrupted"}
     # 1024 x 128 (2,114 beats read): about 1.7-1.85 beats per cycle after the ~250-cycle fill,

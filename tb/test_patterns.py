@@ -15,29 +15,17 @@ import random
 import numpy as np
 import pytest
 
-from sw.frontend import load_model
-from sw.golden import GoldenDecoder, quantized
+from sw.golden import GoldenDecoder
 from sw.kernels.gemv import REDUCED_PARAMS
 from sw.kernels.patterns import (argmax_data, build_argmax, build_embed, build_residual,
-                                 build_swiglu,
-                                 decode_step_operands, residual_data, run_cases, swiglu_constants,
-                                 swiglu_data, write_case)
+                                 build_swiglu, decode_step_operands, residual_data,
+                                 swiglu_constants, swiglu_data)
+from tb.kernel_checks import image_traffic, run_checked
 
 pytestmark = pytest.mark.verilator
 
 P = REDUCED_PARAMS
-MODEL = "models/kjv-280k"
 PROMPT = "And God said, Let there be light"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(MODEL)
-
-
-@pytest.fixture(scope="module")
-def qm(model):
-    return quantized(model)
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +33,6 @@ def step(model, qm):
     """Operands of layer 3 at the last token of a golden decode of BOS + ``PROMPT``."""
     tok = model.tokenizer
     return decode_step_operands(qm, [tok.bos_id] + tok.encode(PROMPT), layer=3)
-
-
-def _run(tmp_path, kernels):
-    """Run ``(label, kernel)`` pairs in one simulation; check bit-exactness and HBM traffic;
-    return the per-case results (``counters["run_busy_cycles"]``: the kernel's cycles, from
-    the launch until every unit is done)."""
-    cases = [write_case(k, tmp_path / f"case{i}", name=label)
-             for i, (label, k) in enumerate(kernels)]
-    results, _, err = run_cases(P, cases, tmp_path)
-    if err is not None:
-        raise err
-    for (label, k), res in zip(kernels, results):
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        # counted after the read-back, which itself reads the output once more
-        c = res["counters_after_readback"]
-        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        out = k.output.nbytes
-        assert (rd - out, wr) == (k.hbm_bytes - out, out), (label, c)
-    return results
 
 
 def test_residual(tmp_path, step):
@@ -75,7 +43,7 @@ def test_residual(tmp_path, step):
         seed = rng.randrange(1 << 16)
         x, y = residual_data(dim, seed)
         ks.append((f"residual dim {dim} seed {seed}", build_residual(P, x, y)))
-    results = _run(tmp_path, ks)
+    results = run_checked(P, tmp_path, ks, traffic=image_traffic)
     # Streaming: after the fill (~180 cycles, HBM latency) the PCU takes one int16 beat of x
     # and of y every 2 cycles (each unpacks into two 16-lane beats). 2048: 312 cycles today.
     assert results[-1]["counters"]["run_busy_cycles"] < 250 + 2 * 2048 // 32
@@ -94,7 +62,7 @@ def test_swiglu(tmp_path, qm, step):
         silu, m, s = swiglu_constants(qm, layer, hidden)
         ks.append((f"swiglu hidden {hidden} layer {layer} seed {seed}",
                    build_swiglu(P, qm, g8, u16, silu, m, s)))
-    results = _run(tmp_path, ks)
+    results = run_checked(P, tmp_path, ks, traffic=image_traffic)
     # Gather-bound: a beat of 16 random indices takes as many cycles as the most-wanted PMU
     # bank has distinct rows (about 3.5 on average, 16 at worst). 1024: 482 cycles today.
     assert results[-1]["counters"]["run_busy_cycles"] < 250 + 5 * 1024 // 16
@@ -118,7 +86,7 @@ def test_argmax(tmp_path, step):
     ks.append(("argmax max in the last, partial beat", build_argmax(P, v)))
     for label, k in ks:                         # the INT32_MIN padding never wins
         assert GoldenDecoder.argmax(np.frombuffer(k.images[0].data, "<i4")) == k.golden, label
-    results = _run(tmp_path, ks)
+    results = run_checked(P, tmp_path, ks, traffic=image_traffic)
     # One beat of 16 logits per cycle after the fill. 4096: 443 cycles today.
     assert results[1]["counters"]["run_busy_cycles"] < 250 + 4096 // 16
 
@@ -134,15 +102,8 @@ def test_embed(tmp_path, qm):
     for label, k in ks:
         assert np.array_equal(k.golden, GoldenDecoder(qm).embed(k.shape["token"])) \
             or k.shape["dim"] != qm.emb.shape[1], label
-    cases = [write_case(k, tmp_path / f"case{i}", name=label) for i, (label, k) in enumerate(ks)]
-    results, _, err = run_cases(P, cases, tmp_path)
-    assert err is None, err
-    for (label, k), res in zip(ks, results):
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        c = res["counters"]                      # one row read, one row written: nothing else
-        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        assert rd == wr == k.output.nbytes, (label, c)
+    # one row read, one row written: nothing else
+    run_checked(P, tmp_path, ks, traffic=lambda c: (c.pk.output.nbytes, c.pk.output.nbytes))
 
 
 def test_wrong_golden_fails(tmp_path, qm):
@@ -151,20 +112,8 @@ def test_wrong_golden_fails(tmp_path, qm):
     x, y = residual_data(64, 1)
     g8, u16 = swiglu_data(192, 2)
     silu, m, s = swiglu_constants(qm, 0)
-    kernels = [("residual", build_residual(P, x, y), 5),
-               ("swiglu", build_swiglu(P, qm, g8, u16, silu, m, s), 150),
-               ("argmax", build_argmax(P, argmax_data(512, 3)), 0)]
-    cases = []
-    for i, (label, k, elem) in enumerate(kernels):
-        case = write_case(k, tmp_path / f"case{i}", name=label)
-        exp = bytearray(open(case["expected"], "rb").read())
-        exp[elem * k.elem_bits // 8] ^= 0x01              # low byte of element ``elem``
-        open(case["expected"], "wb").write(bytes(exp))
-        cases.append(case)
-    results, _, err = run_cases(P, cases, tmp_path)
-    assert err is not None
-    for (label, k, elem), res in zip(kernels, results):
-        assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
-        assert res["first_mismatch"]["index"] == elem, (label, res)
-        assert f"{label}: 1/{len(k.expected) * 8 // k.elem_bits} elements differ, first " \
-               f"element {elem}" in str(err), str(err)
+    kernels = [("residual", build_residual(P, x, y)),
+               ("swiglu", build_swiglu(P, qm, g8, u16, silu, m, s)),
+               ("argmax", build_argmax(P, argmax_data(512, 3)))]
+    # the low byte of one element each: each case reported, with that element
+    run_checked(P, tmp_path, kernels, corrupt={"residual": 5, "swiglu": 150, "argmax": 0})

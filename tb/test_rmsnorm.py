@@ -25,44 +25,24 @@ import pytest
 
 from hdl.params import DEFAULT_PARAMS
 from sw import intops
-from sw.frontend import load_model
-from sw.golden import GoldenDecoder, quantized
+from sw.golden import GoldenDecoder
 from sw.kernels.kernel import Ref
-from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel, run_cases, write_case
+from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel, golden_step_trace
 from sw.kernels.rmsnorm import build_rmsnorm, rmsnorm_constants, rmsnorm_layout
+from tb.kernel_checks import Launch, run_checked
 
 pytestmark = pytest.mark.verilator
 
 P = DEFAULT_PARAMS
-MODEL = "models/kjv-280k"
 PROMPT = "In the beginning God created"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model(MODEL)
-
-
-@pytest.fixture(scope="module")
-def qm(model):
-    return quantized(model)
-
-
-@pytest.fixture(scope="module")
 def trace(model, qm):
-    """The golden decoder's trace at the last token of BOS + ``PROMPT``: name -> layer ->
+    """The golden decoder's trace at the last token of BOS + ``PROMPT``: (name, layer) ->
     list of arrays in step order."""
-    seen = {}
-
-    def t(name, layer, arr):
-        seen.setdefault(name, {}).setdefault(layer, []).append(np.array(arr))
-
-    dec = GoldenDecoder(qm, trace=t)
     tok = model.tokenizer
-    for i in [tok.bos_id] + tok.encode(PROMPT):
-        seen.clear()
-        dec.step(i)
-    return seen
+    return golden_step_trace(qm, [tok.bos_id] + tok.encode(PROMPT))[1]
 
 
 def _up(v, a):
@@ -72,8 +52,7 @@ def _up(v, a):
 def rms_case(qm, x, pairs, *, layer=0, out_bits=8, extra_stride=3):
     """A runnable case around ``build_rmsnorm``: ``x`` at byte 0, the output after it, then
     one constants blob per entry of ``pairs`` (``(m, s)`` per layer) at a layer stride of the
-    blob plus ``extra_stride`` beats; the kernel is launched at iteration ``layer``.
-    Returns ``(PatternKernel, DecodeKernel, iteration)``."""
+    blob plus ``extra_stride`` beats; the kernel is launched at iteration ``layer``."""
     bb = P.beat_bytes
     dim = len(x)
     lay = rmsnorm_layout(P, dim, qm.rsqrt_bits, out_bits)
@@ -100,63 +79,31 @@ def rms_case(qm, x, pairs, *, layer=0, out_bits=8, extra_stride=3):
     pk = PatternKernel("rmsnorm", P, k.builder, k.roles, images,
                        HbmRegion("out", oa, lay.out_beats * bb), expected.tobytes(), out_bits,
                        golden, {"dim": dim, "layer": layer}, k.watchdog)
-    return pk, k, layer
-
-
-def _run(tmp_path, cases, corrupt=None):
-    """Run ``(label, (PatternKernel, DecodeKernel, iteration))`` in one simulation. Checks
-    every case bit-exact (but ``corrupt``: a label whose golden image gets one element
-    flipped, which must be the only failure) and its HBM traffic; returns the results."""
-    written = []
-    for i, (label, (pk, _, it)) in enumerate(cases):
-        c = write_case(pk, tmp_path / f"case{i}", name=label, iteration=it)
-        if label == corrupt:
-            exp = bytearray(open(c["expected"], "rb").read())
-            exp[2 * pk.elem_bits // 8] ^= 0x01
-            open(c["expected"], "wb").write(bytes(exp))
-        written.append(c)
-    results, _, err = run_cases(P, written, tmp_path)
-    if corrupt is None:
-        assert err is None, err
-    else:
-        assert err is not None and f"{corrupt}: 1/" in str(err), err
-        assert not [l for l, _ in cases if l != corrupt and l in str(err)], err
-    for (label, (pk, k, _)), res in zip(cases, results):
-        if label == corrupt:
-            assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
-            assert res["first_mismatch"]["index"] == 2, (label, res)
-            continue
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        c = res["counters_after_readback"]       # the read-back reads the output once more
-        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * P.beat_bytes
-        out = pk.output.nbytes
-        assert (rd - out, wr) == (sum(k.reads.values()), sum(k.writes.values())), (label, c)
-    return results
+    return Launch(pk, k, layer)
 
 
 def test_rmsnorm_decode_step(tmp_path, qm, trace):
     n = qm.config.n_layers
-    x_in = {0: trace["x"][-1][0]}                   # the embedding row enters layer 0
+    x_in = {0: trace[("x", -1)][0]}                   # the embedding row enters layer 0
     for l in range(n):
-        x_in[l + 1] = trace["x"][l][1]              # after the MLP residual of layer l
+        x_in[l + 1] = trace[("x", l)][1]              # after the MLP residual of layer l
     norm1 = [(qm.norm1_m[l], qm.norm1_s[l]) for l in range(n)]
     norm2 = [(qm.norm2_m[l], qm.norm2_s[l]) for l in range(n)]
     cases = [
         ("norm1 layer 0, iteration 0", rms_case(qm, x_in[0], norm1, layer=0),
-         trace["h_attn"][0][0]),
+         trace[("h_attn", 0)][0]),
         ("norm1 layer 3, iteration 3", rms_case(qm, x_in[3], norm1, layer=3),
-         trace["h_attn"][3][0]),
-        ("norm2 layer 2, iteration 2", rms_case(qm, trace["x"][2][0], norm2, layer=2),
-         trace["h_ffn"][2][0]),
+         trace[("h_attn", 3)][0]),
+        ("norm2 layer 2, iteration 2", rms_case(qm, trace[("x", 2)][0], norm2, layer=2),
+         trace[("h_ffn", 2)][0]),
         ("final norm", rms_case(qm, x_in[n], [(qm.normf_m, qm.normf_s)]),
-         trace["h_final"][-1][0]),
+         trace[("h_final", -1)][0]),
     ]
-    for label, (pk, _, _), h in cases:              # the decoder's own normalised vectors
-        assert np.array_equal(pk.golden, h), label
+    for label, c, h in cases:                       # the decoder's own normalised vectors
+        assert np.array_equal(c.pk.golden, h), label
     # the layers' words differ: a kernel reading another layer's blob would fail
     assert not np.array_equal(norm1[3][0], norm1[0][0])
-    results = _run(tmp_path, [(label, c) for label, c, _ in cases])
+    results = run_checked(P, tmp_path, [(label, c) for label, c, _ in cases])
     # dim 64: ~150 cycles of HBM latency, then a chain of PCUs and PMUs (sum of squares,
     # index, LUT, scaling): a few hundred cycles.
     cyc = results[0]["counters"]["run_busy_cycles"]
@@ -205,17 +152,17 @@ def test_rmsnorm_random(tmp_path, qm):
     ]
     # the cases span the scalar path: v from eps alone to above 2**30, half_k from 1 to 15
     hks = []
-    for label, (pk, k, _) in cases:
-        x = np.frombuffer(pk.images[0].data, "<i2")[:pk.shape["dim"]]
-        qq = q(pk.shape["dim"])
+    for label, c in cases:
+        x = np.frombuffer(c.pk.images[0].data, "<i2")[:c.pk.shape["dim"]]
+        qq = q(c.pk.shape["dim"])
         v = int(np.sum(intops.rshift_round(x, qq.ss_shift) ** 2)) + qq.eps_int
         hks.append(int(intops.rsqrt_index(v, qq.rsqrt_bits)[1]))
     assert min(hks) == 1 and max(hks) == 15, hks
     # the random pairs saturate some outputs (REQUANT's clamp), not all of them
-    top = [np.abs(pk.golden) >= 127 for _, (pk, _, _) in cases[3:5]]
+    top = [np.abs(c.pk.golden) >= 127 for _, c in cases[3:5]]
     print("saturated", [int(t.sum()) for t in top], "hk", hks)
     assert all(0 < t.sum() < t.size for t in top)
-    results = _run(tmp_path, cases, corrupt="dim 64 normal, corrupted golden")
+    results = run_checked(P, tmp_path, cases, corrupt={"dim 64 normal, corrupted golden": 2})
     # streaming: P1 and P3 each take one 16-lane beat per cycle (240 at dim 3840), one after
     # the other, behind the HBM latency and the 256-beat constants read
     cyc = results[-1]["counters"]["run_busy_cycles"]

@@ -14,26 +14,23 @@ traffic is checked against the kernel's declared reads and writes.
 """
 
 import json
-import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hdl.params import DEFAULT_PARAMS
-from sw.frontend import load_model
-from sw.golden import GoldenDecoder, quantized
+from sw.golden import GoldenDecoder
 from sw.kernels.kernel import Ref
-from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel, run_cases, write_case
+from sw.kernels.patterns import HbmImage, HbmRegion, PatternKernel
 from sw.kernels.rope import (build_kv_append, build_rope, kv_cache_bytes, kv_row_bytes,
                              rope_constants, rope_row_bytes, rope_table_bytes, rope_tables)
+from tb.kernel_checks import Launch, run_checked
 
 pytestmark = pytest.mark.verilator
 
 P = DEFAULT_PARAMS
 BB = P.beat_bytes
-MODEL = "models/kjv-280k"
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, "
         "and void; and darkness was upon the face of the deep. ")
 POSITIONS = (0, 7, 12, 255)
@@ -42,16 +39,6 @@ LAYERS = (2, 3)
 
 def _up(v, a=BB):
     return -(-v // a) * a
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(MODEL)
-
-
-@pytest.fixture(scope="module")
-def qm(model):
-    return quantized(model)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +75,7 @@ def rope_case(label, *, x, tables_blob, ms, layer, pos, expected, out_bits=8, st
     (``ms``: the (m, s) of every layer). Not ``strided``: the const Ref is layer ``layer``'s blob,
     launched at iteration 0. ``strided``: one const blob per layer at ``const + l * stride`` and
     x16 and out per layer too (the other layers' slots hold random data), launched at iteration
-    ``layer``."""
+    ``layer``. Returns ``(label, Launch)``."""
     rng = np.random.default_rng(seed)
     H, hd = x.shape
     n = H * hd
@@ -122,40 +109,8 @@ def rope_case(label, *, x, tables_blob, ms, layer, pos, expected, out_bits=8, st
     pk = PatternKernel("rope", P, k.builder, k.roles, images,
                        HbmRegion("out", oa + it * os_, obytes), exp.tobytes(), out_bits,
                        expected, {"heads": H, "head_dim": hd, "pos": pos}, k.watchdog)
-    return label, k, pk, it
-
-
-def _run_rope(tmp_path, items, corrupt=None):
-    """Run ``rope_case`` items in one simulation; ``corrupt``: index of a case whose expected
-    bytes get one element flipped (it must be the only failure). Returns the results."""
-    cases = []
-    for i, (label, k, pk, it) in enumerate(items):
-        c = write_case(pk, tmp_path / f"case{i}", name=label, iteration=it)
-        if i == corrupt:
-            e = bytearray(Path(c["expected"]).read_bytes())
-            e[0] ^= 0x01
-            Path(c["expected"]).write_bytes(bytes(e))
-        cases.append(c)
-    results, _, err = run_cases(P, cases, tmp_path)
-    for i, ((label, k, pk, it), res) in enumerate(zip(items, results)):
-        if i == corrupt:
-            assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
-            assert err is not None and f"{label}: 1/" in str(err), str(err)
-            continue
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        _check_traffic(label, k, res)
-    if corrupt is None and err is not None:
-        raise err
-    return results
-
-
-def _check_traffic(label, k, res):
-    """The kernel moved exactly its declared bytes (the read-back adds the output once)."""
-    c = res["counters_after_readback"]
-    rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * BB
-    wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * BB
-    out = sum(k.writes.values())
-    assert (rd - out, wr) == (sum(k.reads.values()), out), (label, c, k.reads, k.writes)
+    assert pk.output.nbytes == sum(k.writes.values()), label     # the read-back reads them
+    return label, Launch(pk, k, it)
 
 
 def test_rope_decode_step(tmp_path, qm, steps):
@@ -184,8 +139,8 @@ def test_rope_decode_step(tmp_path, qm, steps):
         dec.pos = pos
         st = steps[(pos, 2)]
         assert np.array_equal(dec.rope(st["q"], *qms[2], qm.act_bits["q_rot"]), st["q_rot"])
-    results = _run_rope(tmp_path, items)
-    cyc = {label: r["counters"]["run_busy_cycles"] for (label, *_), r in zip(items, results)}
+    results = run_checked(P, tmp_path, items)
+    cyc = {label: r["counters"]["run_busy_cycles"] for (label, _), r in zip(items, results)}
     print("rope cycles per launch:", json.dumps(cyc))
     # fill (HBM latency ~150) + 2 PCU beats per element (q: 64, k: 32 elements) + drain:
     # q ~350, k ~280 cycles today
@@ -214,8 +169,8 @@ def test_rope_random(tmp_path):
     # the last case's golden bytes are corrupted: it must be the one failure
     items.append(rope_case("corrupted golden", x=x, tables_blob=rope_table_bytes(P, cos, sin),
                            ms=[(m, s)], layer=0, pos=pos, expected=y, seed=9))
-    results = _run_rope(tmp_path, items, corrupt=len(items) - 1)
-    cyc = {label: r["counters"]["run_busy_cycles"] for (label, *_), r in zip(items, results)}
+    results = run_checked(P, tmp_path, items, corrupt={"corrupted golden": 0})
+    cyc = {label: r["counters"]["run_busy_cycles"] for (label, _), r in zip(items, results)}
     print("rope cycles per launch:", json.dumps(cyc))
     # 128 elements (hd 8 x 16 heads): 256 PCU beats after the fill (~480 cycles today)
     assert cyc[items[1][0]] < 650, cyc
@@ -227,7 +182,7 @@ def kv_case(label, *, n_kv, hd, context, k8, v8, pos, layer=0, layers=1, seed=0)
     """An in-place case: ``layers`` per-layer caches of random bytes (K then V at
     ``kv_cache_bytes`` each, layer stride not a power of two), ``k8``/``v8`` appended at row
     ``pos`` of layer ``layer`` (launched at iteration ``layer``); the checked region is every
-    layer's caches."""
+    layer's caches. Returns ``(label, Launch)``."""
     rng = np.random.default_rng(seed)
     kv_dim = n_kv * hd
     rb = kv_row_bytes(P, n_kv, hd)
@@ -253,36 +208,7 @@ def kv_case(label, *, n_kv, hd, context, k8, v8, pos, layer=0, layers=1, seed=0)
     pk = PatternKernel("kv_append", P, k.builder, k.roles, images,
                        HbmRegion("kv", kva, layers * stride), exp.tobytes(), 8, None,
                        {"n_kv": n_kv, "hd": hd, "pos": pos}, k.watchdog)
-    return label, k, pk, layer, initial.tobytes()
-
-
-def _run_inplace(tmp_path, items, corrupt=None):
-    cases = []
-    for i, (label, k, pk, it, initial) in enumerate(items):
-        c = write_case(pk, tmp_path / f"case{i}", name=label, iteration=it)
-        f = tmp_path / f"case{i}" / "initial.bin"
-        f.write_bytes(initial)
-        c["initial"] = str(f.resolve())
-        if i == corrupt:                  # one byte of a row that must survive
-            e = bytearray(Path(c["expected"]).read_bytes())
-            e[-1] ^= 0x01
-            Path(c["expected"]).write_bytes(bytes(e))
-        cases.append(c)
-    results, _, err = run_cases(P, cases, tmp_path)
-    for i, ((label, k, *_), res) in enumerate(zip(items, results)):
-        if i == corrupt:
-            assert not res["bit_exact"] and res["mismatches"] == 1, (label, res)
-            assert err is not None and f"{label}: 1/" in str(err), str(err)
-            continue
-        assert res["bit_exact"], (label, res["first_mismatch"])
-        c = res["counters_after_readback"]
-        rd = sum(c[f"ch{j}_rd_beats"] for j in range(P.hbm_channels)) * BB
-        wr = sum(c[f"ch{j}_wr_beats"] for j in range(P.hbm_channels)) * BB
-        region = len(Path(cases[i]["expected"]).read_bytes())
-        assert (rd - region, wr) == (sum(k.reads.values()), sum(k.writes.values())), (label, c)
-    if corrupt is None and err is not None:
-        raise err
-    return results
+    return label, Launch(pk, k, layer, initial.tobytes())
 
 
 def test_kv_append(tmp_path, qm, steps):
@@ -307,10 +233,11 @@ def test_kv_append(tmp_path, qm, steps):
                              hd=hd, context=context, k8=k8, v8=v8, pos=pos, seed=pos + 100))
     items.append(kv_case("kv corrupted golden", n_kv=c.n_kv_heads, hd=c.head_dim, context=16,
                          k8=st["k_rot"], v8=st["v"], pos=3, seed=77))
-    modes = [k.info["mode"] for _, k, *_ in items]
+    modes = [c.k.info["mode"] for _, c in items]
     assert "merge" in modes and "rows" in modes
-    results = _run_inplace(tmp_path, items, corrupt=len(items) - 1)
-    cyc = {label: r["counters"]["run_busy_cycles"] for (label, *_), r in zip(items, results)}
+    # one byte of a row that must survive
+    results = run_checked(P, tmp_path, items, corrupt={"kv corrupted golden": -1})
+    cyc = {label: r["counters"]["run_busy_cycles"] for (label, _), r in zip(items, results)}
     print("kv append cycles per launch:", json.dumps(cyc))
     # two HBM round trips (read the beats, write them back) + 32 merge beats: ~230 today
     assert max(cyc.values()) < 400, cyc
