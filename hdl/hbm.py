@@ -5,7 +5,8 @@ from ``params.hbm_channels`` independent channels. It is meant to be *timing-fai
 an architect cares about (bandwidth, latency, row-buffer locality, refresh) while staying fast
 under Verilator. It is not a DRAM command-bus model: tRRD/tFAW/tCCD_L/tWTR/tRTW are not modelled
 (all are below one burst of 4 beats at this clock, except tFAW, which a sequential stream
-opening one row per 16 cycles per channel never reaches).
+opening one row per 16 cycles per channel never reaches), nor is tRREFD between two REFsb (8 ns in
+Ramulator's HBM2 preset), so REFsb to different banks may issue on consecutive cycles.
 
 Timing sources (one channel = one HBM3 pseudo-channel, 64 bit x 6.4 Gb/s = 51.2 GB/s; fabric clock
 800 MHz, tCK = 1.25 ns, so 64 B = one 512-bit beat per cycle per channel):
@@ -49,29 +50,94 @@ hash(row_A) XOR hash(row_B) is one of {1, 3, 7, 15} (= f XOR f+1); for consecuti
 bits XORed in chunks) before doubling: with ``2*row`` alone, two streams whose rows differ by a
 multiple of ``banks/2`` (any two power-of-two-aligned regions of 8 rows or more, which is how
 weight matrices get laid out) hash identically and conflict on every burst — measured: 15% of
-peak for four AGCUs streaming four 512 KiB quarters of HBM. Residual pathological cases
-(streams whose bank walks stay adjacent) remain, as in any in-order controller; they cost one
-exposed tRP+tRCD per row and are visible in ``stats.row_miss``/utilisation.
+peak for four AGCUs streaming four 512 KiB quarters of HBM.
+
+Residual conflicts are real properties of the hash, not of the timing model: for every hash some
+relative offsets put two lockstep streams on the same bank (different rows) at the same time.
+Example (default geometry, one row segment = 16 beats of a channel = 32 beat addresses): stream B
+576 beats (one row group + 2 segments) after stream A needs bank ``(f+2) ^ 2`` while A needs bank
+``f``: equal whenever bit 1 of the bank field ``f`` is 0, i.e. on half of the segments (896 beats
+= one group + 12 segments is similar); at 640, 768 or 832 beats ``f ^ (f+k)`` is never 2 and the
+walks never meet. Because issue is in order, the two streams' bursts then alternate in the queue
+and *every burst* (not every row) pays tRP+tRCD: two 544-beat streams take 2,061 cycles with 164
+activates at those offsets against 729 cycles and 68 activates at 640 (measured in Amaranth's
+simulator, refresh off). A reordering (FR-FCFS) controller would pay one activate per row visit
+instead; this model keeps the in-order contract, so layouts should keep concurrently streamed
+regions off such offsets (``stats.row_miss`` shows them).
 
 A sequential stream therefore reads one whole row (4 bursts, 16 cycles of data by default) from one
 bank, then moves to the next bank: while one bank streams, the activates of the banks behind it in
-the request queue are already under way, so a sequential stream hides tRP+tRCD (24 cycles) behind
-the 8-deep queue (32 cycles of data).
+the request queue are already under way, so a saturated channel hides tRP+tRCD (24 cycles) behind
+the 8-deep queue (32 cycles of data). One AGCU stream keeps the queue almost empty (it issues one
+burst per 4 cycles, alternating channels) but needs only half of each channel's bandwidth, so its
+exposed activates are absorbed: 1,088 beats in 1,269 cycles (= 1,088 + 150 latency + 31).
 
 Refresh: **per-bank (REFsb) by default** (``hbm_refresh_per_bank=True``). All-bank refresh (REFab)
 blocks the whole channel for tRFC every tREFI = 280/3120 = 9.0% of the time, which alone caps a
 sequential stream at 91% of peak before any row miss; HBM3 supports single-bank refresh so that a
 controller can refresh idle banks while others serve traffic (as commercial HBM controllers do,
 e.g. AMD PG313 "Single Bank Refresh ... can improve efficiency"). One REFsb becomes due every
-tREFI/banks cycles (so each bank is still refreshed once per tREFI); every bank is refreshed once
-per round before any bank is refreshed again. The controller chooses *which* bank: a bank that
-no queued request needs and that was used within the last ``recent window`` cycles (the bank a
-stream has just left and will not return to for a full rotation); when no request is queued or
-streaming it refreshes any due bank at once (idle time is free, and the next burst of traffic
-starts owing nothing); otherwise it may owe up to ``hbm_refresh_postpone`` refreshes (JEDEC allows
-postponing refreshes) and then forces one on the lowest-numbered bank still due, even if that
-stalls a request. ``hbm_refresh_per_bank=False``
-selects all-bank refresh (every tREFI, all banks blocked for tRP+tRFC) for comparison.
+tREFI/banks = 195 cycles (so each bank is still refreshed once per tREFI); every bank is refreshed
+once per round before any bank is refreshed again. Each REFsb holds its bank for tRP + tRFCsb =
+140 cycles: 4.5% of each bank's time, and nothing of the other 15 banks'.
+
+What that implies for a stream: a sequential stream stays on a bank for one row segment (16 beats
+of the channel: 16 cycles at one beat per cycle, 32 for one AGCU spread over two channels) and
+comes back to it only after the other 15 banks, >= 240 cycles later. A REFsb on a bank the stream
+has left, or will not reach within 140 cycles, costs it nothing; a REFsb on a bank it reaches
+sooner stalls the head of the in-order queue (and so every port of the channel) for the rest of
+the 140 cycles. So the JEDEC timing allows per-bank refresh to be free for streaming, and *which*
+bank the controller picks is everything. (The previous policy here picked the lowest-numbered due
+bank whenever the queue was momentarily empty, which an AGCU stream's queue is most of the time,
+and its "used recently, not queued" preference also matched the bank being streamed between two
+of its bursts and banks another stream was about to enter; measured: 9.7 stall
+cycles per REFsb on a long stream, 42 with a slow consumer, and a 1,088-beat stream taking 1,269
+to 1,431 cycles depending on the refresh phase.)
+
+The scheduler, in the spirit of DARP (Chang et al., "Improving DRAM Performance by Parallelizing
+Refreshes with Accesses", HPCA 2014: per-bank refreshes issued out of order to banks with no
+pending demand, postponed under load and pulled in when a bank is idle) and of commercial
+controllers' per-bank mode (the Microchip UDDRC manual: "speculative" refreshes to banks for
+which its CAM holds no transaction). This model's queue holds almost no look-ahead (an AGCU
+issues at its stream's rate), so the controller predicts its streams from the addresses served:
+
+* *Stream tracker* (per port, per channel): the row segment of the port's last burst and the time
+  its last two segments took. While the port is active (a burst within the last 256 cycles), its
+  current segment (unless it has read the segment's last column burst) and the next segments of
+  its bank walk that it can reach before a REFsb issued now would end (the j-th next one if
+  j * segment time < time spent in the current segment + tRP + tRFCsb, with the shorter of the
+  last two segment times; always the next one; at most ceil(140/16) = 9) are *ahead* of it.
+  The controller owns the address map, so it can compute the bank of any segment; a port moves
+  at most one beat per cycle. A port that interleaves several regions is tracked by its last one.
+* A bank is *clear* if it is due in this round, idle, not needed by a queued request or the burst
+  on the bus, and not ahead of any active port. *Behind* = clear and used within the last 64
+  cycles (a bank a stream has just moved on from: the best choice, about 15 segments away).
+* Per cycle (one REFsb command at most): a *behind* bank is refreshed whenever one exists, paying
+  a due REFsb or pulling one in ahead of time (at most ``hbm_refresh_postpone`` in advance; JEDEC
+  DDR3/DDR4 allow 8 REF pulled in, AMD PG313 issues refreshes "in advance of future refresh
+  requirements"); else a due REFsb goes to the lowest *clear* bank at once (an idle channel
+  refreshes at once); else it is postponed, up to ``hbm_refresh_postpone`` owed (JEDEC: at most 8
+  REF postponed; PG313 skips up to eight while transactions are queued), and then forced on the
+  lowest due bank no queued request needs (or any idle due bank), even if that stalls a stream.
+  Both limits are counted in REFsb (8 = half a round of 16 banks), stricter than JEDEC's 8 REFab
+  intervals.
+
+Measured (Amaranth simulator, default parameters, AGCU-like ports: one 4-beat burst per 4 cycles,
+256 beats of credits): a 16,384-beat stream 0 stall cycles for 184 REFsb (was 1,694 for 174),
+16,565 cycles = beats + latency + 31; two streams saturating both channels 0 (was 542 for 88); one
+stream with a consumer taking a beat every 4 cycles 0-2 (was 7,071 for 168); 1,088-beat streams
+after 24 random idle gaps (0-4,000 cycles) 1,269 to 1,318 cycles (was 1,269 to 1,431). What
+remains is inherent to per-bank refresh: a stream that *starts* while an idle channel is
+refreshing a bank (an idle channel refreshes on time, so some bank is busy 140 of every 195
+cycles) and needs that bank among its first few segments waits for the rest of the 140 cycles;
+measured once in 24 starts (120 stall cycles over both channels), and pulled-in credit from the
+previous stream makes idle gaps shorter than ~8 x 195 cycles refresh-free. Non-sequential patterns
+(strided, random) defeat the tracker's prediction and fall back on "no queued request needs it".
+
+``stats.refresh`` counts the cycles the head request waits for a refreshing bank (direct stalls;
+a refresh can also delay an activate queued behind the head, which is not counted).
+``hbm_refresh_per_bank=False`` selects all-bank refresh (every tREFI, all banks blocked for
+tRP+tRFC, waiting for no bank to be mid-activate) for comparison.
 
 Cycle-level contract
 --------------------
@@ -233,14 +299,18 @@ class _Channel(Elaboratable):
             m.d.comb += valid[i].eq(self.count > i)
         m.d.comb += self.space.eq(self.count < depth)
 
-        def bank_of(e):
-            field = e.lb[geo.col_bits:geo.col_bits + geo.bank_bits]
-            row = e.lb[geo.col_bits + geo.bank_bits:]
+        def bank_of_seg(seg):
+            """Bank of a row segment (local block // bursts_per_row: bank field, then row)."""
+            field = seg[:geo.bank_bits]
+            row = seg[geo.bank_bits:]
             w = max(1, geo.bank_bits - 1)
             folded = 0
             for lo in range(0, geo.row_bits, w):
                 folded = folded ^ row[lo:min(lo + w, geo.row_bits)]
             return field ^ Cat(C(0, 1), folded)[:geo.bank_bits]
+
+        def bank_of(e):
+            return bank_of_seg(e.lb[geo.col_bits:])
 
         def row_of(e):
             return e.lb[geo.col_bits + geo.bank_bits:]
@@ -280,6 +350,9 @@ class _Channel(Elaboratable):
         head_bank = Signal(max(1, geo.bank_bits))
         head_row = Signal(max(1, geo.row_bits))
         m.d.comb += [head_bank.eq(bank_of(head)), head_row.eq(row_of(head))]
+        head_last_col = Signal()       # the head burst is the last column burst of its row
+        m.d.comb += head_last_col.eq(head.lb[:geo.col_bits] == geo.bursts_per_row - 1
+                                     if geo.col_bits else 1)
         head_ready = Signal()
         m.d.comb += head_ready.eq(valid[0] & open_a[head_bank] & (row_a[head_bank] == head_row)
                                   & (timer_a[head_bank] == 0))
@@ -375,11 +448,15 @@ class _Channel(Elaboratable):
         m.d.comb += self.row_miss.eq(act)
 
         # ---- refresh scheduler ---------------------------------------------------------------
+        # (policy and its reasoning: module docstring, "Refresh")
         ref = Signal()
         ref_all = Signal()
         ref_bank = Signal(max(1, geo.bank_bits))
-        debt_max = 2 * p.hbm_refresh_postpone + 2
-        debt = Signal(range(debt_max + 1))
+        postpone = p.hbm_refresh_postpone
+        debt_max = 2 * postpone + 2
+        pull_max = postpone if p.hbm_refresh_per_bank else 0
+        # debt < 0: refreshes pulled in ahead of their due time (credit)
+        debt = Signal(range(-pull_max - 1, debt_max + 1))
         interval = (p.hbm_t_refi // nbanks) if p.hbm_refresh_per_bank else p.hbm_t_refi
         ref_timer = Signal(range(interval + 1), init=interval)
         due = Signal()
@@ -390,6 +467,13 @@ class _Channel(Elaboratable):
             m.d.sync += ref_timer.eq(ref_timer - 1)
         m.d.sync += debt.eq(debt + (due & (debt != debt_max)) - ref)
         m.d.comb += self.refresh_cmd.eq(ref)
+
+        stream_window = 4 * recent_window
+        # a REFsb holds its bank for tRP + tRFCsb; a port's stream reaches its j-th next row
+        # segment in about j * (its last segment time); the fastest is one beat per cycle
+        ref_hold = p.hbm_t_rp + p.hbm_t_rfcsb
+        seg_min = geo.bursts_per_row * p.hbm_burst_beats
+        lookahead = max(1, -(-ref_hold // seg_min))
 
         referenced = Signal(nbanks)
         ref_expr = Const(0, nbanks)
@@ -407,12 +491,56 @@ class _Channel(Elaboratable):
             unrefreshed = Signal(nbanks, init=(1 << nbanks) - 1)
             recent = Signal(nbanks)
             m.d.comb += recent.eq(Cat(a < recent_window for a in age))
-            preferred = Signal(nbanks)
-            candidates = Signal(nbanks)
+            # stream tracker: per port, the row segment of its last burst in this channel; while
+            # the port is active, the banks of that segment (unless finished) and of the next
+            # `lookahead` segments of the bank walk are "ahead" of the stream
+            seg_bits = geo.bank_bits + geo.row_bits
+            ahead_terms = Const(0, nbanks)
+            for i in range(self.n_ports):
+                last_seg = Signal(seg_bits, name=f"port{i}_seg")
+                last_done = Signal(name=f"port{i}_seg_done")
+                p_age = Signal(range(stream_window + 1), init=stream_window, name=f"port{i}_age")
+                seg_cnt = Signal(range(ref_hold + 1), name=f"port{i}_seg_cnt")
+                seg_time = Signal(range(ref_hold + 1), init=seg_min, name=f"port{i}_seg_time")
+                seg_prev = Signal(range(ref_hold + 1), init=seg_min, name=f"port{i}_seg_prev")
+                seg_fast = Signal(range(ref_hold + 1), name=f"port{i}_seg_fast")
+                m.d.comb += seg_fast.eq(Mux(seg_prev < seg_time, seg_prev, seg_time))
+                active = Signal(name=f"port{i}_active")
+                m.d.comb += active.eq(p_age != stream_window)
+                with m.If(issue & (head.port == i)):
+                    new_seg = head.lb[geo.col_bits:] != last_seg
+                    m.d.sync += [last_seg.eq(head.lb[geo.col_bits:]), last_done.eq(head_last_col),
+                                 p_age.eq(0)]
+                    with m.If(~active):           # a new stream: assume the fastest
+                        m.d.sync += [seg_time.eq(seg_min), seg_prev.eq(seg_min), seg_cnt.eq(0)]
+                    with m.Elif(new_seg):
+                        m.d.sync += [seg_time.eq(seg_cnt), seg_prev.eq(seg_time), seg_cnt.eq(0)]
+                    with m.Elif(seg_cnt != ref_hold):
+                        m.d.sync += seg_cnt.eq(seg_cnt + 1)
+                with m.Else():
+                    with m.If(active):
+                        m.d.sync += p_age.eq(p_age + 1)
+                    with m.If(seg_cnt != ref_hold):
+                        m.d.sync += seg_cnt.eq(seg_cnt + 1)
+                mask = Mux(last_done, 0, 1 << bank_of_seg(last_seg))
+                for j in range(1, lookahead + 1):
+                    nxt_seg = Signal(seg_bits, name=f"port{i}_seg_p{j}")
+                    m.d.comb += nxt_seg.eq(last_seg + j)
+                    # the stream enters segment +j about j * seg_time after it entered the
+                    # current one, seg_cnt cycles ago: before a REFsb issued now would end?
+                    reach = 1 if j == 1 else (seg_fast * j < seg_cnt + ref_hold)
+                    mask = mask | Mux(reach, 1 << bank_of_seg(nxt_seg), 0)
+                ahead_terms = ahead_terms | Mux(active, mask, 0)
+            ahead = Signal(nbanks)
+            m.d.comb += ahead.eq(ahead_terms)
+            candidates = Signal(nbanks)    # may be refreshed without delaying a queued request
+            clear = Signal(nbanks)         # ... nor a tracked stream within `lookahead` segments
+            behind = Signal(nbanks)        # ... and just used: banks streams have moved on from
             forced = Signal(nbanks)
             m.d.comb += [
                 candidates.eq(unrefreshed & idle & ~in_use),
-                preferred.eq(candidates & recent),
+                clear.eq(candidates & ~ahead),
+                behind.eq(clear & recent),
                 forced.eq(unrefreshed & idle & ~bus_bank),
             ]
 
@@ -423,23 +551,24 @@ class _Channel(Elaboratable):
                         m.d.comb += res.eq(k)
                 return res
 
-            low_pref, low_cand, low_forced = lowest(preferred), lowest(candidates), lowest(forced)
-            with m.If(debt != 0):
-                with m.If(preferred != 0):
-                    m.d.comb += [ref.eq(1), ref_bank.eq(low_pref)]
-                with m.Elif((debt >= p.hbm_refresh_postpone) | (in_use == 0)):
-                    # (a quiet channel pays its debt at once: idle time between kernels is
-                    # free, and the next kernel then starts owing nothing)
-                    with m.If(candidates != 0):
-                        m.d.comb += [ref.eq(1), ref_bank.eq(low_cand)]
-                    with m.Elif(forced != 0):
-                        m.d.comb += [ref.eq(1), ref_bank.eq(low_forced)]
+            low_behind, low_clear = lowest(behind), lowest(clear)
+            low_cand, low_forced = lowest(candidates), lowest(forced)
+            with m.If((behind != 0) & (debt != -pull_max)):
+                # free: pays a due refresh or pulls one in
+                m.d.comb += [ref.eq(1), ref_bank.eq(low_behind)]
+            with m.Elif((debt > 0) & (clear != 0)):
+                m.d.comb += [ref.eq(1), ref_bank.eq(low_clear)]
+            with m.Elif((debt > 0) & (debt >= postpone)):
+                with m.If(candidates != 0):
+                    m.d.comb += [ref.eq(1), ref_bank.eq(low_cand)]
+                with m.Elif(forced != 0):
+                    m.d.comb += [ref.eq(1), ref_bank.eq(low_forced)]
             with m.If(ref):
-                left = unrefreshed & ~(1 << ref_bank)
-                m.d.sync += unrefreshed.eq(Mux(left == 0, (1 << nbanks) - 1, left))
+                left_after = unrefreshed & ~(1 << ref_bank)
+                m.d.sync += unrefreshed.eq(Mux(left_after == 0, (1 << nbanks) - 1, left_after))
         else:
             # all-bank refresh: wait until no bank is mid-activate, then block every bank
-            with m.If((debt != 0) & (idle == (1 << nbanks) - 1) & ~act):
+            with m.If((debt > 0) & (idle == (1 << nbanks) - 1) & ~act):
                 m.d.comb += [ref.eq(1), ref_all.eq(1)]
 
         # ---- per-bank state update -----------------------------------------------------------

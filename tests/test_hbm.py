@@ -423,3 +423,95 @@ def test_busy_until_posted_writes_are_performed():
     sim.add_testbench(tb)
     sim.run()
     assert seen["busy_after_accept"] >= p.hbm_t_rcd, seen
+
+
+def _agcu_streams(params, phases, limit):
+    """Ports driven like AGCUs: a sequential program becomes one full-burst read request every
+    ``hbm_burst_beats`` cycles (one address per cycle), held back when the port's credits
+    (``agcu_read_buffer_beats``) run out; the consumer takes a beat every ``every`` cycles.
+    ``phases``: (idle cycles, [(base, beats) per port], every), run back to back from reset.
+    Returns one dict per phase (cycles, refresh stall cycles and REFsb commands per channel) and
+    the total cycles and REFsb commands per channel since reset."""
+    from hdl.agcu import agcu_read_buffer_beats
+    n_ports = max(len(s) for _, s, _ in phases)
+    dut = HbmController(params, n_ports)
+    C, bb = params.hbm_channels, params.hbm_burst_beats
+    credit_max = agcu_read_buffer_beats(params)
+    out, total = [], {"cycles": 0, "cmd": [0] * C}
+
+    async def sample(ctx, st):
+        rf, rc = ctx.get(dut.stats.refresh), ctx.get(dut.refresh_cmd)
+        for c in range(C):
+            total["cmd"][c] += (rc >> c) & 1
+            if st is not None:
+                st["stall"][c] += (rf >> c) & 1
+                st["cmd"][c] += (rc >> c) & 1
+        total["cycles"] += 1
+        await ctx.tick()
+
+    async def tb(ctx):
+        for idle, streams, every in phases:
+            for _ in range(idle):
+                await sample(ctx, None)
+            st = {"cycles": 0, "stall": [0] * C, "cmd": [0] * C}
+            n = len(streams)
+            nxt, t_req, credits, got = [0] * n, [bb + 3] * n, [credit_max] * n, [0] * n
+            while got != [beats for _, beats in streams]:
+                assert st["cycles"] < limit, ("phase not finished", st, got)
+                cyc = st["cycles"]
+                for i, (base, beats) in enumerate(streams):
+                    port = dut.ports[i]
+                    present = nxt[i] < beats // bb and cyc >= t_req[i] and credits[i] >= bb
+                    ctx.set(port.req.payload.addr, base + nxt[i] * bb)
+                    ctx.set(port.req.payload.beats_m1, bb - 1)
+                    ctx.set(port.req.payload.write, 0)
+                    ctx.set(port.req.valid, present)
+                    ctx.set(port.rdata.ready, cyc % every == 0)
+                for i in range(n):
+                    port = dut.ports[i]
+                    if ctx.get(port.req.valid) and ctx.get(port.req.ready):
+                        credits[i] -= bb
+                        nxt[i] += 1
+                        t_req[i] = max(cyc + 1, t_req[i] + bb)
+                    if ctx.get(port.rdata.valid) and ctx.get(port.rdata.ready):
+                        got[i] += 1
+                        credits[i] += 1
+                st["cycles"] += 1
+                await sample(ctx, st)
+            for i in range(n):
+                ctx.set(dut.ports[i].req.valid, 0)
+                ctx.set(dut.ports[i].rdata.ready, 0)
+            out.append(st)
+
+    sim = make_sim(dut)
+    sim.add_testbench(tb)
+    sim.run()
+    return out, total
+
+
+def test_refresh_per_bank_free_for_agcu_streams():
+    """Default refresh timing (a REFsb due every 195 cycles per channel, each holding its bank
+    tRP + tRFCsb = 140 cycles) under AGCU-like streams: a slow single stream (the channel queue
+    is empty most of the time) and four streams sharing both channels at full rate. A refresh
+    scheduler that refreshes only banks the streams have left or will not reach within 140 cycles
+    makes refresh free: at most one REFsb's worth of stall cycles in total (the previous policy
+    stalled thousands of cycles here), every refresh still issued on time within the
+    postpone/pull-in limits, and the cycle counts at the consumer/peak bound."""
+    d = RduParams()
+    p = P.replace(hbm_bytes=256 * 1024, hbm_t_refi=d.hbm_t_refi, hbm_t_rfcsb=d.hbm_t_rfcsb)
+    q = p.hbm_beats // 4
+    phases = [(0, [(0, 2048)], 2),                                # 1 beat every 2 cycles
+              (0, [(i * q, q) for i in range(4)], 1)]             # 4 x 1024 beats, full rate
+    (slow, four), total = _agcu_streams(p, phases, limit=8000)
+    hold = p.hbm_t_rp + p.hbm_t_rfcsb
+    stall = sum(slow["stall"]) + sum(four["stall"])
+    assert stall <= hold, (slow, four)
+    interval = p.hbm_t_refi // p.hbm_banks
+    due = total["cycles"] // interval
+    for c in range(p.hbm_channels):
+        # refresh is not skipped: owed at most hbm_refresh_postpone, pulled in at most as many
+        assert due - p.hbm_refresh_postpone - 1 <= total["cmd"][c] <= due + p.hbm_refresh_postpone, \
+            (c, due, total)
+    L = p.hbm_read_latency
+    assert slow["cycles"] <= 2 * 2048 + L + 64, slow
+    assert four["cycles"] <= (4 * q) // p.hbm_channels + L + 64, four
