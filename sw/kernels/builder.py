@@ -27,9 +27,20 @@ Checks (all raise :class:`KernelError`, whose message names the units involved):
   route's other end (``unreachable``);
 - a consumer port driven by two routes; a producer port that is the source of two routes (a
   producer has one switch input: use one multicast route);
-- a route with no free path because earlier routes hold the switch outputs it needs
-  (``conflict``: the message names those routes), or no path at all;
+- a route with no path at all, or none even when every route of the kernel is rerouted
+  (``conflict``: the message names the routes holding the switch outputs its shortest path
+  needs, and the outputs the negotiated router could not share out, with the routes fighting
+  for each);
 - at :meth:`bitstream`, a route whose end is a unit the kernel does not configure.
+
+Routing: :meth:`KernelBuilder.route` routes each stream at once, greedily, on the shortest path
+whose switch outputs are still free (:meth:`hdl.fabric.FabricTopology.route_multicast`), so a
+kernel that routes that way keeps exactly those routes. When a stream finds no free path (an
+earlier route holds what it needs), every stream recorded so far is rerouted together with it
+by negotiated-congestion routing (:mod:`sw.kernels.router`, PathFinder); on success those
+routes replace the earlier ones (later streams are again routed greedily on top of them, with
+the same fallback), otherwise the route is refused and the kernel keeps its earlier routes.
+``KernelBuilder(..., negotiate=False)`` keeps the greedy router alone.
 
 The bitstream holds the unit writes (in the order the units were added), then the routes'
 switch writes, then (``clear_unused_switches``, default on) a "no input" write for every
@@ -48,6 +59,7 @@ from hdl.fabric import FabricTopology, Route, RouteError
 from hdl.params import RduParams
 from hdl.unitmap import UnitInfo, regs_per_kind, unit_map, units_of_kind
 from sw.bitstream import Bitstream, Kernel, config_buffer_bytes
+from sw.kernels.router import NegotiatedRouter, Net
 
 __all__ = ["KernelBuilder", "KernelError", "AgcuProgram", "UnitConfig", "agcu_writable_counters",
            "place_roles", "hand_placement_fits"]
@@ -164,12 +176,15 @@ class KernelBuilder:
     """Collect units and routes of one kernel; see the module docstring."""
 
     def __init__(self, params: RduParams, name: str = "kernel", *, kernel_id: int = 0,
-                 topology: FabricTopology | None = None, clear_unused_switches: bool = True):
+                 topology: FabricTopology | None = None, clear_unused_switches: bool = True,
+                 negotiate: bool = True):
         self.params = params
         self.name = name
         self.kernel_id = kernel_id
         self.topo = topology or FabricTopology(params)
         self.clear_unused_switches = clear_unused_switches
+        self.negotiate = negotiate
+        self.negotiations: list[tuple[int, int]] = []   # (routes, iterations) per reroute
         self.units: dict[str, UnitConfig] = {}
         self.routes: list[_RouteEntry] = []
         self.metadata: dict = {}
@@ -240,7 +255,9 @@ class KernelBuilder:
 
     def route(self, src: str, dsts, *, what: str = "") -> Route:
         """Route producer ``src`` to consumer ``dsts`` (one port, or a list = multicast) on the
-        network of ``src``; shortest free path given the routes made so far."""
+        network of ``src``: the shortest free path given the routes made so far, else every
+        route rerouted together (module docstring; the routes returned earlier may then be
+        replaced: :attr:`routes` holds the current ones)."""
         multi = not isinstance(dsts, str)
         dsts = list(dsts) if multi else [dsts]
         if not dsts:
@@ -266,15 +283,40 @@ class KernelBuilder:
         try:
             r = self.topo.route_multicast(net, src, dsts, frozenset(self._used))
         except RouteError as e:
-            raise KernelError(self._explain(net, src, dsts, e)) from None
-        entry = _RouteEntry(r, what)
+            msg = self._explain(net, src, dsts, e)
+            if not self.negotiate or not msg.startswith("route conflict"):
+                raise KernelError(msg) from None
+            return self._reroute_all(src, dsts, what, msg)
+        self._record(_RouteEntry(r, what))
+        return r
+
+    def _record(self, entry: _RouteEntry):
+        r = entry.route
         self.routes.append(entry)
         for o in r.outputs:
             self._used[o] = entry
-        for d in dsts:
+        for d in r.dsts:
             self._driven[d] = entry
-        self._sources[src] = entry
-        return r
+        self._sources[r.src] = entry
+
+    def _reroute_all(self, src, dsts, what, conflict: str) -> Route:
+        """Negotiated routing of every recorded route and the new one (``conflict``: the
+        greedy router's message, kept in the error when this fails too)."""
+        entries = self.routes + [_RouteEntry(None, what)]
+        nets = [Net(e.route.src, e.route.dsts, e.label) for e in self.routes]
+        nets.append(Net(src, tuple(dsts), f"{src} -> {', '.join(dsts)}"
+                        + (f" ({what})" if what else "")))
+        router = NegotiatedRouter(self.topo)
+        try:
+            routes = router.route(nets)
+        except RouteError as e:
+            raise KernelError(f"{conflict}; rerouting all {len(nets)} routes together does not "
+                              f"help either: {e}") from None
+        self.routes, self._used, self._driven, self._sources = [], {}, {}, {}
+        for e, r in zip(entries, routes):
+            self._record(_RouteEntry(r, e.what))
+        self.negotiations.append((len(nets), router.iterations))
+        return routes[-1]
 
     def _explain(self, net, src, dsts, err) -> str:
         """Turn a RouteError into a message naming the routes in the way."""
@@ -363,7 +405,12 @@ class KernelBuilder:
             pos = "" if u.pos is None else f" @({u.pos[0]},{u.pos[1]})"
             lines.append(f"  {u.name:<7} id {u.id:<3}{pos:<9} {cfg.role:<14} "
                          f"{len(cfg.writes):>3} writes  {cfg.summary}".rstrip())
-        lines.append("routes:")
+        how = ""
+        if self.negotiations:
+            n, it = self.negotiations[-1]
+            how = (f" (the first {n} rerouted together by the negotiated router, {it} "
+                   f"iteration{'s' if it != 1 else ''})")
+        lines.append("routes:" + how)
         for e in self.routes:
             r = e.route
             hops = ", ".join(f"{d}: {r.latency[d]} hop{'s' if r.latency[d] != 1 else ''}"
