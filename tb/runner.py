@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -191,18 +192,29 @@ def build(component, name: str, *, key: str = "", waves: bool = False, extra_arg
     The cache key is the HDL sources, ``name``, the build flags and ``key`` plus the component's
     ``params`` digest if it has one: a caller whose component takes other constructor arguments
     must describe them in ``key``. A cache hit skips Verilog generation entirely (generating the
-    full chip takes tens of seconds). ``waves=True`` compiles in VCD tracing, a different binary.
+    full chip takes tens of seconds). ``waves=True`` compiles in VCD tracing, a different binary;
+    the simulation writes ``dump.vcd`` into its ``test_dir``. By default the trace is *lean*
+    (:data:`LEAN_TRACE_SCOPES_OFF`, :func:`_lean_trace_config`: no internals of the shared
+    PCU/PMU/switch modules, no latency monitors, no Amaranth ``$N`` temporaries, nothing wider
+    than a beat; the other named signals and every unit's ports stay), since tracing all of the
+    default chip records ~16 KB per cycle at ~800 cycles/s; ``MINIRDU_TRACE=all`` in the
+    environment traces everything.
     """
     verilator_env()
     flags = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "--x-assign", "fast",
              "--x-initial", "fast", "-O3", *extra_args]
+    trace = ""
     if waves:
         flags += ["--trace", "--trace-structs"]
+        trace = "all" if os.environ.get("MINIRDU_TRACE", "").lower() == "all" else "lean"
+        if trace == "lean":
+            flags += ["--trace-max-width", str(LEAN_TRACE_MAX_WIDTH)]
     params = getattr(component, "params", None)
     pkey = params.digest().hex() if hasattr(params, "digest") else ""
+    lean = [f"trace=lean:{LEAN_TRACE_SCOPES_OFF}"] if trace == "lean" else []   # all: old key
     key = hashlib.sha256("|".join([_source_fingerprint(component), name, json.dumps(flags),
                                    key, pkey, type(component).__qualname__,
-                                   _RUNNER_FLAVOUR]).encode()
+                                   _RUNNER_FLAVOUR, *lean]).encode()
                          ).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
     vfile = bdir / f"{name}.v"
@@ -218,23 +230,53 @@ def build(component, name: str, *, key: str = "", waves: bool = False, extra_arg
         if marker.exists() and not force:
             _mark_used(component)
             return Build(name, name, bdir, vfile, 0.0, True)
-        return _build_locked(component, name, bdir, vfile, marker, flags, waves)
+        return _build_locked(component, name, bdir, vfile, marker, flags, waves, trace)
 
 
-def _build_locked(component, name, bdir, vfile, marker, flags, waves) -> Build:
+# Lean waves (the default of ``build(..., waves=True)``): scopes not traced -- the shared unit
+# modules (instances named ``shared``: PCU FU lanes and pipeline, PMU and switch internals) and
+# the chip's HBM latency monitors (free-running timestamps that change every cycle) -- and no
+# signal wider than one 512-bit beat (the HBM channels' 523-bit latency-pipe entries also change
+# every cycle). Measured on a 1-token decode of the default model: 2.7 KB/cycle without the last
+# two rules, ~16 KB/cycle with nothing left out.
+LEAN_TRACE_SCOPES_OFF = ("*.shared", "*.latency*")
+LEAN_TRACE_MAX_WIDTH = 512
+
+
+def _lean_trace_config(text: str, vfile: Path) -> list[str]:
+    """Verilator configuration lines of a lean waves build of the Verilog ``text`` (written to
+    ``vfile``): :data:`LEAN_TRACE_SCOPES_OFF`, and none of the ``$N`` temporaries Amaranth
+    declares (sorted first in each module, so a few line ranges cover them)."""
+    lines = [f'tracing_off -scope "{s}"' for s in LEAN_TRACE_SCOPES_OFF]
+    decl = re.compile(r"^\s*(?:wire|reg)\s*(?:signed\s*)?(?:\[[^\]]*\]\s*)?\\\$")
+    runs: list[list[int]] = []
+    for i, ln in enumerate(text.splitlines(), 1):
+        if decl.match(ln):
+            if runs and runs[-1][1] == i - 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+    lines += [f'tracing_off -file "*/{vfile.name}" -lines {a}-{b}' for a, b in runs]
+    return lines
+
+
+def _build_locked(component, name, bdir, vfile, marker, flags, waves, trace="") -> Build:
     t0 = time.monotonic()
     if bdir.exists():
         shutil.rmtree(bdir)
     bdir.mkdir(parents=True)
     text, vlt_lines = _verilog_text(component, name)
     vfile.write_text(text)
+    if trace == "lean":
+        vlt_lines = [*vlt_lines, *_lean_trace_config(text, vfile)]
     vlt = bdir / "ports.vlt"
     vlt.write_text(_port_visibility(component, name) + "".join(f"{ln}\n" for ln in vlt_lines))
     runner = _runner()
     runner.build(sources=[vfile], hdl_toplevel=name, build_dir=bdir, build_args=[*flags, str(vlt)],
                  waves=waves, always=True, log_file=bdir / "build.log")
     seconds = time.monotonic() - t0
-    marker.write_text(json.dumps({"build_seconds": seconds, "flags": flags}))
+    marker.write_text(json.dumps({"build_seconds": seconds, "flags": flags,
+                                  **({"trace": trace} if trace else {})}))
     return Build(name, name, bdir, vfile, seconds, False)
 
 

@@ -91,9 +91,11 @@ def chip_signals(n_agcus=2, n_pcus=2, n_pmus=2, n_ch=2, root=""):
 
 
 def write_vcd(path: Path, signals, *, period=10_000, launch_cycle=40, done_cycle=300,
-              cycles=400, timescale="1ps", extra_after_header: str = "") -> dict:
+              cycles=400, timescale="1ps", extra_after_header: str = "", more_launches=()) -> dict:
     """A Verilator-style VCD: nested ``$scope`` blocks, vectors with a separate ``[msb:0]``
-    token, aliases sharing a code; clk toggles, one sequencer launch pulse and a done."""
+    token; clk toggles, a sequencer launch pulse at ``launch_cycle`` (and ``more_launches``)
+    and its done rising at ``done_cycle``."""
+    launches = {launch_cycle, *more_launches}
     tree: dict = {}
     codes = {}
     for i, (scope, name, w) in enumerate(signals):
@@ -126,9 +128,9 @@ def write_vcd(path: Path, signals, *, period=10_000, launch_cycle=40, done_cycle
         t = cyc * period
         out.append(f"#{t}")
         out.append(f"1{clk}")
-        if lc and cyc == launch_cycle:
+        if lc and cyc in launches:
             out.append(f"1{lc}")
-        if lc and cyc == launch_cycle + 1:
+        if lc and cyc - 1 in launches:
             out.append(f"0{lc}")
         if dc and cyc == done_cycle:
             out.append(f"1{dc}")
@@ -318,8 +320,9 @@ def test_chip_under_a_top_scope(tmp_path):
 def test_zoom_and_marker_on_first_kernel_call(tmp_path):
     vcd = tmp_path / "z.vcd"
     period = 10_000
+    later = [1200 + 10 * k for k in range(30)]
     write_vcd(vcd, chip_signals(), period=period, launch_cycle=100, done_cycle=1100,
-              cycles=1300)
+              cycles=1600, more_launches=later)
     h = scan_header(vcd)
     ev = scan_first_events(vcd, h)
     assert (ev.period, ev.launch, ev.call_done) == (period, 100 * period, 1100 * period)
@@ -327,12 +330,15 @@ def test_zoom_and_marker_on_first_kernel_call(tmp_path):
     text = (tmp_path / "z.gtkw").read_text()
     assert info["marker"] == 100 * period
     assert 0 <= info["timestart"] < 100 * period
-    m = re.search(r"^\*(-?[\d.]+) (-?\d+)", text, re.M)
+    m = re.search(r"^\*(-?[\d.]+) (-?\d+)((?: -?\d+)*)$", text, re.M)
     zoom, marker = float(m.group(1)), int(m.group(2))
     assert marker == 100 * period
+    # named markers a..z on the first 26 launches
+    assert [int(x) for x in m.group(3).split()] == [c * period for c in [100] + later[:25]]
+    assert ev.launches == [c * period for c in [100] + later[:25]]
     # GTKWave shows 2**-zoom time units per 200 pixels: the call (1000 cycles) must fit in a
-    # window of ~1400 px and fill most of it
-    shown = 2 ** -zoom / 200 * 1400
+    # wave pane of ~1100 px and fill most of it
+    shown = 2 ** -zoom / 200 * 1100
     assert 1000 * period <= shown <= 1.5 * 1000 * period
     assert f"[timestart] {info['timestart']}" in text
     assert f"[dumpfile] \"{vcd.resolve()}\"" in text
@@ -348,7 +354,7 @@ def test_scan_first_events_without_launch_is_bounded(tmp_path):
     assert ev.end is not None and ev.end < 1000 * 10_000       # stopped early
     info = write_gtkw(vcd, tmp_path / "n.gtkw", header=h, events=ev)
     assert info["marker"] == -1 and info["timestart"] == 0
-    assert math.isclose(2 ** -info["zoom"] / 200 * 1400, 2000 * 10_000, rel_tol=1e-3)
+    assert math.isclose(2 ** -info["zoom"] / 200 * 1100, 2000 * 10_000, rel_tol=1e-3)
 
 
 def test_collect_and_finish(tmp_path, capsys):
@@ -426,6 +432,6 @@ def test_lean_trace_config():
         "  assign \\$1 = 0;",                 # 10 (a use, not a declaration)
         "endmodule"])
     lines = _lean_trace_config(v, Path("/x/build/rdu_chip.v"))
-    assert lines == ['tracing_off -scope "*.shared"',
+    assert lines == ['tracing_off -scope "*.shared"', 'tracing_off -scope "*.latency*"',
                      'tracing_off -file "*/rdu_chip.v" -lines 2-5',
                      'tracing_off -file "*/rdu_chip.v" -lines 9-9']

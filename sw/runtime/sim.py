@@ -131,6 +131,9 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
         if bar:
             bar.join()
     wall = time.monotonic() - t1
+    if waves:                       # also after a failed run: its waves are the ones to look at
+        from sw.runtime.waves import finish_waves
+        finish_waves(out)
     if not tb_file.exists():
         raise DecodeFailed(f"the decode testbench wrote no result ({err})")
     tb = json.loads(tb_file.read_text())
