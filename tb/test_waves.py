@@ -2,7 +2,7 @@
 then ``DIR/waves.vcd`` and ``DIR/waves.gtkw`` (``sw/runtime/waves.py``).
 
 The waves build of the default chip is its own Verilator build (lean trace, ``tb/runner.py``;
-~13 minutes on a loaded 2-core machine the first time, cached after); the run itself is a few
+8-11 minutes on the shared 2-core machine the first time, cached after); the run itself is a few
 thousand cycles.
 """
 
