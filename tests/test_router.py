@@ -384,3 +384,37 @@ def test_decode_kernels_route_greedily_unchanged():
         nets = [Net(e.route.src, e.route.dsts) for e in kb.routes]
         assert [e.route for e in kb.routes] == greedy(kb.topo, nets), kb.name
     assert len(seen) >= 15
+
+
+def test_place_bounds_negotiation_effort():
+    """place() negotiates for its first ``negotiate_tries`` candidates only: a kernel that no
+    placement routes fails in well under a second on the small grid (each hopeless
+    negotiation costs ~10 ms here, 300 candidates would take seconds), naming the best
+    candidate's negotiated failure."""
+    from sw.kernels.builder import place
+
+    pcus, pmus = ["a", "b", "c", "d"], ["m", "n", "o", "q"]
+    flags = []
+
+    def build(u):
+        kb = KernelBuilder(SMALL, "dense")
+        flags.append(kb.negotiate)
+        # every PCU feeds two PMU ports, every PMU two PCU inputs, two scalar fan-outs: more
+        # streams than a one-track 2x4 grid carries
+        for i, r in enumerate(pcus):
+            kb.route(f"{u[r]}.vout", [f"{u[pmus[i]]}.win", f"{u[pmus[(i + 1) % 4]]}.gidx"])
+        for i, r in enumerate(pmus):
+            kb.route(f"{u[r]}.rout", [f"{u[pcus[(i + k) % 4]]}.vin{k}" for k in (1, 2)])
+        kb.route(f"{u['a']}.sout", [f"{u[x]}.sin0" for x in ("b", "c", "d")])
+        kb.route(f"{u['m']}.sout", [f"{u[x]}.sin1" for x in ("b", "c", "d")])
+        return kb
+
+    t0 = time.perf_counter()
+    with pytest.raises(KernelError, match="no placement routes without conflicts \\(300 "
+                                          "candidates tried.*rerouting all .* routes together "
+                                          "does not help either"):
+        place(SMALL, pcus=pcus, pmus=pmus, edges=[(a, b) for a in pcus for b in pmus],
+              build=build)
+    assert time.perf_counter() - t0 < 1.5
+    assert flags == [True] * 20 + [False] * 280
+    assert KernelBuilder(SMALL).negotiate is True          # the default is restored

@@ -40,7 +40,8 @@ earlier route holds what it needs), every stream recorded so far is rerouted tog
 by negotiated-congestion routing (:mod:`sw.kernels.router`, PathFinder); on success those
 routes replace the earlier ones (later streams are again routed greedily on top of them, with
 the same fallback), otherwise the route is refused and the kernel keeps its earlier routes.
-``KernelBuilder(..., negotiate=False)`` keeps the greedy router alone.
+``KernelBuilder(..., negotiate=False)`` keeps the greedy router alone (so do the builders
+:func:`place` creates after its first ``negotiate_tries`` candidates failed).
 
 The bitstream holds the unit writes (in the order the units were added), then the routes'
 switch writes, then (``clear_unused_switches``, default on) a "no input" write for every
@@ -50,6 +51,7 @@ kernel's streams into idle units.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import re
 from dataclasses import dataclass, field
@@ -65,6 +67,9 @@ __all__ = ["KernelBuilder", "KernelError", "AgcuProgram", "UnitConfig", "agcu_wr
            "place_roles", "hand_placement_fits"]
 
 _NET_LONG = {"vec": "vector", "scl": "scalar", "ctl": "control"}
+
+# default of KernelBuilder(negotiate=None); place() turns it off past its negotiate_tries
+_NEGOTIATE = contextvars.ContextVar("sw_kernels_negotiate", default=True)
 
 
 class KernelError(ValueError):
@@ -177,13 +182,13 @@ class KernelBuilder:
 
     def __init__(self, params: RduParams, name: str = "kernel", *, kernel_id: int = 0,
                  topology: FabricTopology | None = None, clear_unused_switches: bool = True,
-                 negotiate: bool = True):
+                 negotiate: bool | None = None):
         self.params = params
         self.name = name
         self.kernel_id = kernel_id
         self.topo = topology or FabricTopology(params)
         self.clear_unused_switches = clear_unused_switches
-        self.negotiate = negotiate
+        self.negotiate = _NEGOTIATE.get() if negotiate is None else negotiate
         self.negotiations: list[tuple[int, int]] = []   # (routes, iterations) per reroute
         self.units: dict[str, UnitConfig] = {}
         self.routes: list[_RouteEntry] = []
@@ -424,7 +429,7 @@ class KernelBuilder:
 
 
 def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), fixed=None, edges=(), build,
-          tries: int = 300, error=KernelError):
+          tries: int = 300, negotiate_tries: int = 20, error=KernelError):
     """Assign roles to units and build the kernel: candidate assignments of ``pcus``/``pmus``/
     ``agcus`` (role names) to distinct units of each kind, ordered by the total Manhattan
     distance of ``edges`` (pairs of roles; ``fixed`` maps further roles to grid positions);
@@ -438,7 +443,12 @@ def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), fixed=None, edges=(), bui
     in a fixed order) as long as an exact best-first search stays within its budget, which
     covers the kernels so far and 6 PCU + 6 PMU + 4 AGCU dataflow graphs on the default chip;
     beyond it, in about increasing length from a beam and a local search. Each candidate is
-    tried once; the first takes a few ms (at most ~50 ms)."""
+    tried once; the first takes a few ms (at most ~50 ms).
+
+    Routing: the first ``negotiate_tries`` candidates are built with the negotiated fallback
+    of :meth:`KernelBuilder.route` (a set that cannot be routed costs up to ~0.1 s there),
+    the later ones greedily (~1 ms), so that a kernel no candidate routes fails in a few
+    seconds at most, not minutes."""
     if tries < 1:
         raise error(f"place: tries = {tries}; at least one candidate must be tried")
     placer = _Placer(p, pcus, pmus, agcus, fixed or {}, edges, error)
@@ -446,11 +456,15 @@ def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), fixed=None, edges=(), bui
     for cost, names in placer.candidates():
         tried += 1
         lengths.append(cost)
+        token = _NEGOTIATE.set(False) if tried > negotiate_tries else None
         try:
             return build(names)
         except KernelError as e:
             if best is None or cost < best[0]:
                 best = (cost, names, e)
+        finally:
+            if token is not None:
+                _NEGOTIATE.reset(token)
         if tried >= tries:
             break
     cost, names, e = best
