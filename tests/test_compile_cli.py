@@ -139,8 +139,10 @@ def test_default_model(tmp_path, capsys):
     assert 0 < t < 5, f"compile time {t} s"
     # every activation/constant/weight access of the step lands in a named region
     assert "outside every region" not in rep
-    # the report's grid shows the configured units of the GEMV with their roles
-    assert "[pcu0 A]" in rep
+    # the report's grid shows the configured units with their roles (the GEMV's row-split
+    # PCUs A and B, the RMSNorm's sum-of-squares PCU P1)
+    for role in ("A", "B", "P1"):
+        assert re.search(rf"\[pcu\d {role}\]", rep), role
 
 
 @pytest.mark.parametrize("name", ["mha-d32-l1-tied", "gqa-d64-l2-untied"])

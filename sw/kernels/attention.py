@@ -33,8 +33,7 @@ iterations=1, name="attn_softmax", exp_entries=EXP_SIZE, roles=None) -> DecodeKe
   regions cover every copy; launched at iteration ``l`` it reads ``kv``/``const`` of layer
   ``l`` and writes ``e``/``sums`` at ``+ l * stride``).
 - ``exp_entries``: ``N``, the EXP table's length (``len(qm.exp)``, ``sw.quant.EXP_SIZE``).
-- ``roles``: role -> unit name; default: the hand placement below on a 4x4 grid, else
-  :func:`sw.kernels.builder.place`.
+- ``roles``: role -> unit name; by default :func:`sw.kernels.builder.place` chooses.
 
 ``attn_constants(p, qm, layer) -> bytes``: the per-layer blob for the model's own shapes
 (:func:`attn_softmax_constants` for any shapes). Beat-aligned, little-endian 32-bit words::
@@ -123,12 +122,7 @@ position, where the EXP gather takes ~2 cycles for real scores (indices collide 
 bank) plus one for the marker, and the 2T single-beat writes ~2 cycles each (the descending
 addresses do not coalesce; sums after e merges pairs: a few % faster).
 
-Hand placement on the default 4x4 grid (``DEFAULT_ROLES``)::
-
-    row 0:  ak=agcu0 | .        MI=pmu0  .        .        | ac=agcu2
-    row 1:             MK=pmu2  PM=pcu2  MW=pmu3  .
-    row 2:  aq=agcu1 | PS=pcu4  MS=pmu4  PI=pcu5  ML=pmu5  | ao=agcu3
-    row 3:             MQ=pmu6  .        .        PE=pcu7
+Placement: :func:`sw.kernels.builder.place` over ``ATTN_EDGES`` (``rdu compile`` draws the grid).
 """
 
 from __future__ import annotations
@@ -149,7 +143,7 @@ from sw.kernels.patterns import PatternError
 from sw.quant import EXP_SIZE
 
 __all__ = ["AttnLayout", "attn_softmax_layout", "attn_softmax_constants", "attn_constants",
-           "build_attn_softmax", "kv_row_bytes", "MARKER", "USED_LANE", "DEFAULT_ROLES",
+           "build_attn_softmax", "kv_row_bytes", "MARKER", "USED_LANE",
            "ATTN_PCUS", "ATTN_PMUS", "ATTN_AGCUS", "ATTN_EDGES"]
 
 MARKER = 0x7FFF0000          # table entry N + 1: larger than any sum, & 0xFFFF == 0
@@ -162,11 +156,6 @@ ATTN_AGCUS = ("aq", "ak", "ac", "ao")
 ATTN_EDGES = (("ac", "MI"), ("ac", "MW"), ("ac", "ML"), ("ak", "MK"), ("MI", "MK"),
               ("MK", "PS"), ("aq", "PS"), ("PS", "MS"), ("PS", "PM"), ("PM", "PI"),
               ("MS", "PI"), ("MW", "PI"), ("PI", "ML"), ("ML", "PE"), ("PE", "ao"))
-
-DEFAULT_ROLES = {"PS": "pcu4", "PM": "pcu2", "PI": "pcu5", "PE": "pcu7",
-                 "MI": "pmu0", "MK": "pmu2", "MS": "pmu4", "MW": "pmu3", "ML": "pmu5",
-                 "MQ": "pmu6", "aq": "agcu1", "ak": "agcu0", "ac": "agcu2", "ao": "agcu3"}
-
 
 def _up(v: int, a: int) -> int:
     return -(-v // a) * a
@@ -467,7 +456,7 @@ def build_attn_softmax(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim:
     if QB > 1:
         edges += [("aq", "MQ"), ("MQ", "PS")]
     kb, roles = place_roles(p, build=build, what="attention softmax", roles=roles,
-                            hand=DEFAULT_ROLES, pcus=ATTN_PCUS, pmus=pmus, agcus=ATTN_AGCUS,
+                            pcus=ATTN_PCUS, pmus=pmus, agcus=ATTN_AGCUS,
                             edges=edges, error=PatternError)
     kb.metadata.update({"pattern": "attn_softmax", "n_heads": lay.n_heads,
                         "n_kv_heads": lay.n_kv_heads, "head_dim": lay.head_dim,

@@ -36,7 +36,7 @@ out_bits=8, iterations=1, name="attn_wsum", recip_bits=8, v_offset=None, roles=N
 - ``recip_bits``: ``qm.recip_bits`` (an immediate of the index chain; the table is data).
 - ``iterations``: how many sequencer iterations the kernel may be launched at (the AGCU
   regions cover every layer's copy of ``kv`` and ``const``).
-- ``roles``: role -> unit name; by default the hand placement below on a 4x4 grid.
+- ``roles``: role -> unit name; by default :func:`sw.kernels.builder.place` chooses.
 
 ``wsum_constants(p, qm, layer) -> bytes``, the per-layer blob (beat-aligned, little-endian
 int32 words; :func:`wsum_blob` builds it from explicit shapes and pairs, :func:`wsum_layout`
@@ -136,7 +136,7 @@ from sw.kernels.patterns import PatternError
 from sw.quant import RECIP_BITS
 
 __all__ = ["WsumLayout", "wsum_layout", "wsum_blob", "wsum_constants", "build_attn_wsum",
-           "WSUM_PCUS", "WSUM_PMUS", "WSUM_AGCUS", "WSUM_EDGES", "DEFAULT_ROLES",
+           "WSUM_PCUS", "WSUM_PMUS", "WSUM_AGCUS", "WSUM_EDGES",
            "channel_map"]
 
 WSUM_PCUS = ("PA", "PS", "PR", "PM", "PF")
@@ -146,12 +146,6 @@ WSUM_EDGES = (("ae", "ME"), ("av", "MV"), ("ac", "MIV"), ("ac", "MIE"), ("ac", "
               ("ac", "MW"), ("MIV", "MV"), ("MIE", "ME"), ("MV", "PA"), ("ME", "PA"),
               ("ME", "PS"), ("MW", "PA"), ("MW", "PM"), ("PA", "PF"), ("PS", "PR"),
               ("PS", "PF"), ("PR", "MR"), ("MR", "PM"), ("PM", "PF"), ("PF", "ao"))
-
-# Hand placement on the 4x4 grid (``DEFAULT_PARAMS``), found by a routing search; see
-# ``describe()`` of a built kernel for the routes.
-DEFAULT_ROLES = {"PA": "pcu2", "PS": "pcu4", "PR": "pcu6", "PM": "pcu5", "PF": "pcu3",
-                 "MV": "pmu0", "ME": "pmu2", "MIV": "pmu1", "MIE": "pmu6", "MR": "pmu4",
-                 "MW": "pmu3", "ae": "agcu1", "av": "agcu0", "ac": "agcu2", "ao": "agcu3"}
 
 PA_STAGES = 4          # SHLR, SHL, SHLR, MUL (PM also needs 4)
 W_SHIFT = 22           # bit of W where the byte-extraction shift sits (REQUANT ignores 22..31)
@@ -503,7 +497,7 @@ def build_attn_wsum(p: RduParams, *, n_heads: int, n_kv_heads: int, head_dim: in
         kb.route(f"{u['PF']}.vout", f"{u['ao']}.wr", what=f"out int{out_bits}")
         return kb, u
 
-    kb, roles = place_roles(p, build=build, what="attn_wsum", roles=roles, hand=DEFAULT_ROLES,
+    kb, roles = place_roles(p, build=build, what="attn_wsum", roles=roles,
                             pcus=WSUM_PCUS, pmus=WSUM_PMUS, agcus=WSUM_AGCUS, edges=WSUM_EDGES,
                             error=PatternError)
     kb.metadata.update({"pattern": "attn_wsum", "n_heads": lay.n_heads,

@@ -64,7 +64,7 @@ from sw.bitstream import Bitstream, Kernel, config_buffer_bytes
 from sw.kernels.router import NegotiatedRouter, Net
 
 __all__ = ["KernelBuilder", "KernelError", "AgcuProgram", "UnitConfig", "agcu_writable_counters",
-           "place_roles", "hand_placement_fits"]
+           "place_roles"]
 
 _NET_LONG = {"vec": "vector", "scl": "scalar", "ctl": "control"}
 
@@ -476,28 +476,13 @@ def place(p: RduParams, *, pcus=(), pmus=(), agcus=(), fixed=None, edges=(), bui
                 f"{cost}) failed with: {e}")
 
 
-def hand_placement_fits(p: RduParams, hand: dict | None) -> bool:
-    """Whether a hand placement (role -> unit name, made for the default chip) applies to
-    ``p``: a 4x4 grid that has every unit it names."""
-    if hand is None or (p.grid_rows, p.grid_cols) != (4, 4):
-        return False
-    return set(hand.values()) <= {u.name for u in unit_map(p)}
-
-
-def place_roles(p: RduParams, *, build, what: str, roles: dict | None = None,
-                hand: dict | None = None, pcus=(), pmus=(), agcus=(), edges=(),
-                hand_fallback: bool = False, error=KernelError):
+def place_roles(p: RduParams, *, build, what: str, roles: dict | None = None, pcus=(), pmus=(),
+                agcus=(), edges=(), error=KernelError):
     """Build a kernel whose roles are ``pcus``/``pmus``/``agcus``: with ``roles`` (role -> unit
-    name) when given, else with the hand placement ``hand`` when it fits the chip
-    (:func:`hand_placement_fits`), else by :func:`place` (``edges``). ``build`` gets every
-    role and its unit (other roles given are dropped) and returns :func:`place`'s result.
-    ``error`` (naming the kernel: ``what``) when a role is missing or the mapping does not
-    route; a hand placement that does not route falls back to :func:`place` when
-    ``hand_fallback``."""
+    name) when given, else by :func:`place` (``edges``). ``build`` gets every role and its unit
+    (other roles given are dropped) and returns :func:`place`'s result. ``error`` (naming the
+    kernel: ``what``) when a role is missing or the mapping does not route."""
     need = list(dict.fromkeys([*pcus, *pmus, *agcus]))
-    given = roles is not None
-    if not given and hand_placement_fits(p, hand):
-        roles = hand
     if roles is not None:
         missing = set(need) - set(roles)
         if missing:
@@ -505,8 +490,7 @@ def place_roles(p: RduParams, *, build, what: str, roles: dict | None = None,
         try:
             return build({r: roles[r] for r in need})
         except KernelError as e:
-            if given or not hand_fallback:
-                raise error(f"{what} mapping {roles} does not route: {e}") from None
+            raise error(f"{what} mapping {roles} does not route: {e}") from None
     return place(p, pcus=list(pcus), pmus=list(pmus), agcus=list(agcus), edges=list(edges),
                  build=build, error=error)
 

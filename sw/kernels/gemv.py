@@ -141,7 +141,7 @@ from sw.kernels.patterns import PatternError
 
 __all__ = ["GemvError", "GemvLayout", "GemvKernel", "make_data", "choose_requant", "golden",
            "build_gemv", "REDUCED_PARAMS", "GemvDecodeLayout", "decode_gemv_layout",
-           "gemv_constants", "build_decode_gemv", "decode_gemv_roles", "DECODE_DEFAULT_ROLES",
+           "gemv_constants", "build_decode_gemv", "decode_gemv_roles",
            "gemv_case"]
 
 # The reduced geometry the tests and a quick CLI run use: 2x3 tiles (3 PCUs, 3 PMUs; AGCUs 0/1
@@ -423,17 +423,6 @@ DECODE_PCUS = ("B", "A", "C", "X")
 DECODE_PMUS = ("WB", "SB", "WA", "SA", "MX", "ML", "MY")
 DECODE_AGCUS = ("aWB", "aWA", "ax", "ay")
 
-# Hand placement on the default 4x4 grid, a superset: each variant uses the roles it needs
-# (every variant routes: tests/test_decode_gemv.py). East/west AGCUs at rows 0 and 2.
-#   row 0:  aWA=agcu0 | A=pcu0   SA=pmu0  C=pcu1   MY=pmu1 | ay=agcu2
-#   row 1:              WA=pmu2  .        .        .
-#   row 2:  ax=agcu1  | X=pcu4   MX=pmu4  B=pcu5   WB=pmu5 | aWB=agcu3
-#   row 3:              ML=pmu6  .        SB=pmu7  .
-DECODE_DEFAULT_ROLES = {"B": "pcu5", "A": "pcu0", "C": "pcu1", "X": "pcu4",
-                        "WB": "pmu5", "SB": "pmu7", "WA": "pmu2", "SA": "pmu0", "MX": "pmu4",
-                        "ML": "pmu6", "MY": "pmu1",
-                        "aWB": "agcu3", "aWA": "agcu0", "ax": "agcu1", "ay": "agcu2"}
-
 X_STAGES = 5                     # the x16 byte-plane chain (count, - n, >> 31, & 8, SHLR)
 C_STAGES = 3                     # the merge (count, - 1, SELECT)
 
@@ -653,8 +642,7 @@ def build_decode_gemv(p: RduParams, *, rows: int, cols: int, x_bits: int, out_bi
     ``w`` the :func:`gemv_constants` blob (per layer: its ``Ref`` carries the layer stride),
     ``x`` int8/int16 [cols], ``y`` packed ``out_bits`` [rows]. ``pcus``: weight-streaming
     PCUs, 2 (row split, the HBM peak) or 1; ``None`` = 2 when the chip has the units.
-    ``roles``: role -> unit name (default: the hand placement on a 4x4 grid, else
-    :func:`sw.kernels.builder.place`)."""
+    ``roles``: role -> unit name (default: :func:`sw.kernels.builder.place`)."""
     lay = decode_gemv_layout(p, rows, cols, x_bits, out_bits)
     w, x, y = as_ref(w), as_ref(x), as_ref(y)
     iterations = _int_arg(iterations, "iterations")
@@ -816,10 +804,8 @@ def build_decode_gemv(p: RduParams, *, rows: int, cols: int, x_bits: int, out_bi
             kb.route(f"{u[last]}.vout", f"{u['ay']}.wr", what=f"y int{out_bits}")
         return kb, u
 
-    # the hand placement falls back to the placer (another 4x4 chip may not route it)
-    kb, roles = place_roles(p, build=build, what="gemv", roles=roles, hand=DECODE_DEFAULT_ROLES,
-                            pcus=pc_roles, pmus=pm_roles, agcus=ag_roles, edges=edges,
-                            hand_fallback=True, error=GemvError)
+    kb, roles = place_roles(p, build=build, what="gemv", roles=roles, pcus=pc_roles,
+                            pmus=pm_roles, agcus=ag_roles, edges=edges, error=GemvError)
     kb.metadata.update({"pattern": "gemv", "rows": rows, "cols": cols, "x_bits": x_bits,
                         "out_bits": out_bits, "pcus": pcus, "roles": roles,
                         "hbm": refs_metadata(w=w, x=x, y=y)})

@@ -27,8 +27,7 @@ iterations=1, name="rmsnorm", roles=None) -> DecodeKernel``
   per-channel pairs are data).
 - ``iterations``: how many sequencer iterations the kernel may be launched at (the AGCU
   regions cover every layer's copy).
-- ``roles``: role -> unit name; by default the hand-placed mapping below on a 4x4 grid, else
-  :func:`sw.kernels.builder.place`.
+- ``roles``: role -> unit name; by default :func:`sw.kernels.builder.place` chooses.
 
 ``rmsnorm_constants(p, qm, m, s) -> bytes``: the per-norm constants blob (beat-aligned,
 little-endian)::
@@ -92,7 +91,7 @@ from sw.kernels.kernel import (DecodeKernel, Ref, as_ref, refs_metadata, require
 from sw.kernels.patterns import PatternError
 
 __all__ = ["RmsnormLayout", "rmsnorm_layout", "rmsnorm_constants", "build_rmsnorm",
-           "RMSNORM_PCUS", "RMSNORM_PMUS", "RMSNORM_AGCUS", "RMSNORM_EDGES", "DEFAULT_ROLES"]
+           "RMSNORM_PCUS", "RMSNORM_PMUS", "RMSNORM_AGCUS", "RMSNORM_EDGES"]
 
 RMSNORM_PCUS = ("P1", "PI", "PH", "P3")
 RMSNORM_PMUS = ("MX", "MT", "MW")
@@ -100,14 +99,6 @@ RMSNORM_AGCUS = ("ax", "ac", "ao")
 RMSNORM_EDGES = (("ax", "P1"), ("ax", "MX"), ("P1", "PI"), ("P1", "PH"), ("PI", "MT"),
                  ("ac", "MT"), ("ac", "MW"), ("MT", "P3"), ("PH", "P3"), ("MX", "P3"),
                  ("MW", "P3"), ("P3", "ao"))
-
-# Hand placement on a 4x4 grid (``DEFAULT_PARAMS``), columns 0..3 of rows 0..2:
-#   row 0:  ax=agcu0 | P1=pcu0  MX=pmu0  PH=pcu1  MW=pmu1 | ao=agcu2
-#   row 1:             .       PI=pcu2  MT=pmu3  P3=pcu3
-#   row 2:             .        .        .        .       | ac=agcu3
-DEFAULT_ROLES = {"P1": "pcu0", "PI": "pcu2", "PH": "pcu1", "P3": "pcu3",
-                 "MX": "pmu0", "MT": "pmu3", "MW": "pmu1",
-                 "ax": "agcu0", "ac": "agcu3", "ao": "agcu2"}
 
 PI_STAGES = 4          # lane stages of the index chain (CLZ, SUB, AND, SUB); P1 and P3 need 2
 
@@ -301,7 +292,7 @@ def build_rmsnorm(p: RduParams, *, dim: int, x, const, out, ss_shift: int, eps_i
         kb.route(f"{u['P3']}.vout", f"{u['ao']}.wr", what=f"out int{out_bits}")
         return kb, u
 
-    kb, roles = place_roles(p, build=build, what="rmsnorm", roles=roles, hand=DEFAULT_ROLES,
+    kb, roles = place_roles(p, build=build, what="rmsnorm", roles=roles,
                             pcus=RMSNORM_PCUS, pmus=RMSNORM_PMUS, agcus=RMSNORM_AGCUS,
                             edges=RMSNORM_EDGES, error=PatternError)
     bb = p.beat_bytes
