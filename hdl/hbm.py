@@ -90,9 +90,9 @@ the 140 cycles. So the JEDEC timing allows per-bank refresh to be free for strea
 bank the controller picks is everything. (The previous policy here picked the lowest-numbered due
 bank whenever the queue was momentarily empty, which an AGCU stream's queue is most of the time,
 and its "used recently, not queued" preference also matched the bank being streamed between two
-of its bursts and banks another stream was about to enter; measured: 9.7 stall
-cycles per REFsb on a long stream, 42 with a slow consumer, and a 1,088-beat stream taking 1,269
-to 1,431 cycles depending on the refresh phase.)
+of its bursts and banks another stream was about to enter; measured: 9.7 stall cycles per REFsb
+on a long stream, 42 with a slow consumer, and a 1,088-beat stream taking 1,269 to 1,431 cycles
+depending on the refresh phase.)
 
 The scheduler, in the spirit of DARP (Chang et al., "Improving DRAM Performance by Parallelizing
 Refreshes with Accesses", HPCA 2014: per-bank refreshes issued out of order to banks with no
@@ -101,9 +101,10 @@ controllers' per-bank mode (the Microchip UDDRC manual: "speculative" refreshes 
 which its CAM holds no transaction). This model's queue holds almost no look-ahead (an AGCU
 issues at its stream's rate), so the controller predicts its streams from the addresses served:
 
-* *Stream tracker* (per port, per channel): the row segment of the port's last burst and the time
-  its last two segments took. While the port is active (a burst within the last 256 cycles), its
-  current segment (unless it has read the segment's last column burst) and the next segments of
+* *Stream tracker* (per port, per channel): the row segment of the port's newest request in the
+  queue (updated as requests are enqueued, so a stream is tracked from its first request on) and
+  the time its last two segments took. While the port is active (a request within the last 256
+  cycles), that segment (unless the request is its last column burst) and the next segments of
   its bank walk that it can reach before a REFsb issued now would end (the j-th next one if
   j * segment time < time spent in the current segment + tRP + tRFCsb, with the shorter of the
   last two segment times; always the next one; at most ceil(140/16) = 9) are *ahead* of it.
@@ -125,14 +126,17 @@ issues at its stream's rate), so the controller predicts its streams from the ad
 Measured (Amaranth simulator, default parameters, AGCU-like ports: one 4-beat burst per 4 cycles,
 256 beats of credits): a 16,384-beat stream 0 stall cycles for 184 REFsb (was 1,694 for 174),
 16,565 cycles = beats + latency + 31; two streams saturating both channels 0 (was 542 for 88); one
-stream with a consumer taking a beat every 4 cycles 0-2 (was 7,071 for 168); 1,088-beat streams
-after 24 random idle gaps (0-4,000 cycles) 1,269 to 1,318 cycles (was 1,269 to 1,431). What
-remains is inherent to per-bank refresh: a stream that *starts* while an idle channel is
-refreshing a bank (an idle channel refreshes on time, so some bank is busy 140 of every 195
-cycles) and needs that bank among its first few segments waits for the rest of the 140 cycles;
-measured once in 24 starts (120 stall cycles over both channels), and pulled-in credit from the
-previous stream makes idle gaps shorter than ~8 x 195 cycles refresh-free. Non-sequential patterns
-(strided, random) defeat the tracker's prediction and fall back on "no queued request needs it".
+stream with a consumer taking a beat every 4 cycles 0 (was 7,071 for 168); four strided streams
+(1 beat in 8) 0; 1,088-beat streams after 24 random idle gaps (0-4,000 cycles) 1,269 to 1,318
+cycles (was 1,269 to 1,431); sequences of 40 short kernels (512-1,088 beats, 1 or 2 streams,
+random gaps) 2 to 508 stall cycles in 1 to 6 of the 40 kernels over five seeds (was 2,410 to
+5,116 in 19 to 28). What remains is inherent to per-bank refresh: a stream that *starts* while
+an idle channel is refreshing a bank (an idle channel refreshes on time, so some bank is busy 140
+of every 195 cycles) and needs that bank among its first few segments waits for the rest of the
+140 cycles; credit pulled in by the previous stream keeps idle gaps up to ~8 x 195 cycles
+refresh-free. Random traffic defeats the tracker (about 25 stall cycles per REFsb
+with two ports of random bursts, as before): in-order issue lets a refreshing bank block the
+whole channel, where a reordering controller would serve the other banks meanwhile.
 
 ``stats.refresh`` counts the cycles the head request waits for a refreshing bank (direct stalls;
 a refresh can also delay an activate queued behind the head, which is not counted).
@@ -350,9 +354,6 @@ class _Channel(Elaboratable):
         head_bank = Signal(max(1, geo.bank_bits))
         head_row = Signal(max(1, geo.row_bits))
         m.d.comb += [head_bank.eq(bank_of(head)), head_row.eq(row_of(head))]
-        head_last_col = Signal()       # the head burst is the last column burst of its row
-        m.d.comb += head_last_col.eq(head.lb[:geo.col_bits] == geo.bursts_per_row - 1
-                                     if geo.col_bits else 1)
         head_ready = Signal()
         m.d.comb += head_ready.eq(valid[0] & open_a[head_bank] & (row_a[head_bank] == head_row)
                                   & (timer_a[head_bank] == 0))
@@ -491,10 +492,16 @@ class _Channel(Elaboratable):
             unrefreshed = Signal(nbanks, init=(1 << nbanks) - 1)
             recent = Signal(nbanks)
             m.d.comb += recent.eq(Cat(a < recent_window for a in age))
-            # stream tracker: per port, the row segment of its last burst in this channel; while
-            # the port is active, the banks of that segment (unless finished) and of the next
-            # `lookahead` segments of the bank walk are "ahead" of the stream
+            # stream tracker: per port, the row segment of its newest request in this channel's
+            # queue; while the port is active, the banks of that segment (unless the request is
+            # its last column burst) and of the next segments of the bank walk it can reach
+            # before a refresh issued now would end are "ahead" of the stream
             seg_bits = geo.bank_bits + geo.row_bits
+            push_seg = Signal(seg_bits)
+            push_last_col = Signal()
+            m.d.comb += [push_seg.eq(self.push_entry.lb[geo.col_bits:]),
+                         push_last_col.eq(self.push_entry.lb[:geo.col_bits] == geo.bursts_per_row - 1
+                                          if geo.col_bits else 1)]
             ahead_terms = Const(0, nbanks)
             for i in range(self.n_ports):
                 last_seg = Signal(seg_bits, name=f"port{i}_seg")
@@ -507,10 +514,9 @@ class _Channel(Elaboratable):
                 m.d.comb += seg_fast.eq(Mux(seg_prev < seg_time, seg_prev, seg_time))
                 active = Signal(name=f"port{i}_active")
                 m.d.comb += active.eq(p_age != stream_window)
-                with m.If(issue & (head.port == i)):
-                    new_seg = head.lb[geo.col_bits:] != last_seg
-                    m.d.sync += [last_seg.eq(head.lb[geo.col_bits:]), last_done.eq(head_last_col),
-                                 p_age.eq(0)]
+                with m.If(self.push & (self.push_entry.port == i)):
+                    new_seg = push_seg != last_seg
+                    m.d.sync += [last_seg.eq(push_seg), last_done.eq(push_last_col), p_age.eq(0)]
                     with m.If(~active):           # a new stream: assume the fastest
                         m.d.sync += [seg_time.eq(seg_min), seg_prev.eq(seg_min), seg_cnt.eq(0)]
                     with m.Elif(new_seg):
