@@ -495,7 +495,7 @@ def test_refresh_per_bank_free_for_agcu_streams():
     is empty most of the time) and four streams sharing both channels at full rate. A refresh
     scheduler that refreshes only banks the streams have left or will not reach within 140 cycles
     makes refresh free: at most one REFsb's worth of stall cycles in total (the previous policy
-    stalled thousands of cycles here), every refresh still issued on time within the
+    stalled 759 cycles here), every refresh still issued on time within the
     postpone/pull-in limits, and the cycle counts at the consumer/peak bound."""
     d = RduParams()
     p = P.replace(hbm_bytes=256 * 1024, hbm_t_refi=d.hbm_t_refi, hbm_t_rfcsb=d.hbm_t_rfcsb)
