@@ -103,17 +103,6 @@ class AgcuView:
             n *= max(c, 1)
         return n
 
-    def span(self, iteration: int = 0) -> tuple[int, int]:
-        """(lowest, highest + 1) beat touched at ``iteration``."""
-        lo = hi = self.base + iteration * self.iter_stride
-        for c, s in zip(self.counts, self.strides):
-            if c > 1:
-                if s < 0:
-                    lo += (c - 1) * s
-                else:
-                    hi += (c - 1) * s
-        return lo, hi + 1
-
     def beat_addrs(self, iteration: int = 0):
         """Every beat address the program moves at ``iteration`` (numpy array)."""
         a = np.array([self.base + iteration * self.iter_stride], dtype=np.int64)
