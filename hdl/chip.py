@@ -87,6 +87,11 @@ class Chip(wiring.Component):
             cc.start.eq(host.cc_start), cc.length.eq(host.cc_length),
             host.cc_busy.eq(cc.busy), host.cc_done.eq(cc.done), host.cc_status.eq(cc.status),
             host.cc_writes.eq(cc.writes),
+            # The section sequencer launches the units of the loaded bitstream's kernel-table
+            # entry 0 (its ``units`` bitmap is bytes 32..63 of the entry, sw/bitstream.py).
+            cc.kt_addr.eq(0),
+            host.cc_kt_count.eq(cc.kt_count),
+            host.cc_kt_units.eq(cc.kt_data[256:256 + len(self.units)]),
             host.cc_cfg.we.eq(cc.cfg.we), host.cc_cfg.unit.eq(cc.cfg.unit),
             host.cc_cfg.addr.eq(cc.cfg.addr), host.cc_cfg.data.eq(cc.cfg.data),
         ]

@@ -48,6 +48,19 @@ RUN_COUNT             R/W  iterations per call (reset 1; 0 counts as 1)
 UNIT_SEL              R/W  unit id whose status UNIT_STATUS shows and UNIT_DEP addresses
 UNIT_STATUS           R    status code of unit UNIT_SEL (bits 3:0), busy (bit 4)
 UNIT_DEP              R/W  dependence register of unit UNIT_SEL (:func:`hdl.sequencer.dep_word`)
+PROG_ENTRY            R/W  section-table entry that the next PROG_ENTRY_LEN write fills
+PROG_ENTRY_ADDR       R/W  HBM beat address of that entry's bitstream
+PROG_ENTRY_LEN        W    its length in bytes; the write stores (PROG_ENTRY_ADDR, length) into
+                           entry PROG_ENTRY and increments PROG_ENTRY (tables are written as
+                           ADDR, LEN, ADDR, LEN, ...)
+PROG_FIRST            R/W  first entry of the program PROG_START runs
+PROG_SECTIONS         R/W  entries (sections) per iteration
+PROG_START            W    run a program (:mod:`hdl.sections`): for every iteration RUN_ITER ..
+                           RUN_ITER + RUN_COUNT - 1, load each section's bitstream from HBM into
+                           the config controller and run its kernel; no host action in between
+PROG_STATUS           R    bit 0 busy, bits 3:1 :class:`~hdl.sections.Phase`, bits 6:4 the last
+                           call's :class:`~hdl.sections.SectionError`, bits 15:8 the entry and
+                           bits 31:16 the iteration in progress (held after the call)
 RUN_MASK0 + k         R/W  bit i: unit id ``32k + i`` takes part in RUN_START
 RUN_BUSY0 + k         R    bit i: unit id ``32k + i`` busy
 COUNTER_BASE + 2k     R    counter k, bits 31:0 (see :data:`COUNTERS`)
@@ -56,7 +69,11 @@ COUNTER_BASE + 2k+1   R    counter k, bits 47:32 (as latched by the LO read)
 
 Errors: a unit that finishes (``done``) with a non-zero status, a refused DMA or a refused bitstream latches
 ``ERROR`` (first error wins, :func:`error_code_unit` / :class:`ErrorCode`) and sets STATUS bit 2;
-the runtime turns it into an exception. STATUS bit 3: config controller busy.
+the runtime turns it into an exception. A program (PROG_START) stops at the first section
+boundary after an error is latched, and latches its own refusals (a bad table range or entry, a
+section without a kernel) as ``PROGRAM``. STATUS bit 3: config controller busy; bit 4: program
+running. While a program runs, the DMA engine and the config controller are its: the host must
+not start transfers or loads until ``run_done``.
 
 Unit control: units are addressed by their config-bus unit id (``hdl/unitmap.py``). Each unit
 that runs programs has a unit-control interface (``hdl/links.py``); the chip ties ``busy``,
@@ -74,6 +91,7 @@ from .bus import config_bus_signature, hbm_port_signature, hbm_stats_signature
 from .dma import DmaEngine
 from .params import RduParams
 from .perf import EventCounters
+from .sections import SectionError, SectionSequencer
 from .sequencer import LoopSequencer
 
 __all__ = ["HostInterface", "Csr", "ErrorCode", "error_code_unit", "counter_names",
@@ -107,6 +125,13 @@ class Csr(enum.IntEnum):
     RUN_COUNT = 0x035
     UNIT_DEP = 0x036
     RUN_MASK0 = 0x040
+    PROG_ENTRY = 0x060
+    PROG_ENTRY_ADDR = 0x061
+    PROG_ENTRY_LEN = 0x062
+    PROG_FIRST = 0x063
+    PROG_SECTIONS = 0x064
+    PROG_START = 0x065
+    PROG_STATUS = 0x066
     RUN_BUSY0 = 0x050
     COUNTER_BASE = 0x100
 
@@ -118,6 +143,7 @@ class ErrorCode(enum.IntEnum):
     DMA = 0x10          # | DmaError
     UNIT = 0x20         # | unit id << 8 | unit status
     CONFIG = 0x30       # | ConfigStatus
+    PROGRAM = 0x40      # | SectionError (a program refused, hdl/sections.py)
 
 
 def error_code_unit(unit: int, status: int) -> int:
@@ -126,7 +152,7 @@ def error_code_unit(unit: int, status: int) -> int:
 
 def counter_names(p: RduParams) -> list[str]:
     names = ["cycles", "hbm_busy_cycles", "dma_busy_cycles", "run_busy_cycles",
-             "dep_stall_cycles", "launches"]
+             "dep_stall_cycles", "launches", "config_busy_cycles", "sections"]
     for c in range(p.hbm_channels):
         names += [f"ch{c}_rd_beats", f"ch{c}_wr_beats", f"ch{c}_refresh_cycles",
                   f"ch{c}_row_misses"]
@@ -170,6 +196,8 @@ class HostInterface(wiring.Component):
             "cc_writes": In(16),
             "cc_data": Out(stream.Signature(p.beat_bits)),
             "cc_cfg": In(config_bus_signature()),
+            "cc_kt_count": In(16),
+            "cc_kt_units": In(n),
             # Extension window: reads at EXT_BASE and above are answered by ext_r_data.
             "ext_addr": Out(p.csr_addr_bits),
             "ext_r_en": Out(1),
@@ -190,13 +218,21 @@ class HostInterface(wiring.Component):
         with m.Else():
             m.d.comb += [dma.h2c.valid.eq(self.h2c.valid), dma.h2c.payload.eq(self.h2c.payload),
                          self.h2c.ready.eq(dma.h2c.ready)]
-        wiring.connect(m, dma.c2h, wiring.flipped(self.c2h))
+        m.submodules.sections = prog = SectionSequencer(p, self.n_units)
+        # c2h goes to the host, or to the config controller while a program loads a section.
+        with m.If(prog.to_config):
+            m.d.comb += [self.cc_data.valid.eq(dma.c2h.valid),
+                         self.cc_data.payload.eq(dma.c2h.payload),
+                         dma.c2h.ready.eq(self.cc_data.ready)]
+        with m.Else():
+            wiring.connect(m, dma.c2h, wiring.flipped(self.c2h))
         wiring.connect(m, dma.mem, wiring.flipped(self.mem))
 
         names = counter_names(p)
         m.submodules.counters = ctr = EventCounters(len(names))
         m.submodules.sequencer = seq = LoopSequencer(self.n_units)
         run_start = Signal()                # a RUN_START write: launch a kernel call
+        prog_start = Signal()               # a PROG_START write: run a program of sections
         stats = self.hbm_stats
         events = {
             "cycles": C(1, 1),
@@ -204,7 +240,9 @@ class HostInterface(wiring.Component):
             "dma_busy_cycles": dma.busy,
             "run_busy_cycles": self.unit_busy.any(),
             "dep_stall_cycles": seq.dep_stall,
-            "launches": run_start,
+            "launches": run_start | prog_start,
+            "config_busy_cycles": self.cc_busy,
+            "sections": prog.launch,
         }
         for c in range(p.hbm_channels):
             events[f"ch{c}_rd_beats"] = stats.rd_beat[c]
@@ -228,26 +266,50 @@ class HostInterface(wiring.Component):
         error = Signal(16)
         hi_latch = Signal(16)
         mask = run_mask[:self.n_units]
+        prog_entry = Signal(8)
+        prog_addr = Signal(p.hbm_addr_bits)
+        prog_first = Signal(8)
+        prog_sections = Signal(9)
+        csr_dma_start = Signal()
+        csr_dma_to_hbm = Signal()
+        csr_cc_start = Signal()
 
         m.d.comb += [
-            dma.addr.eq(dma_addr), dma.beats.eq(dma_beats),
             self.unit_iteration.eq(seq.unit_iteration),
             self.unit_start.eq(seq.unit_start),
             seq.unit_done.eq(self.unit_done),
-            seq.mask.eq(mask), seq.base.eq(run_iter), seq.count.eq(run_count),
             seq.dep_rd_unit.eq(unit_sel),
             self.ext_addr.eq(self.csr.addr),
-            self.cc_length.eq(cc_length),
+            # While a program runs, it owns the DMA engine, the config controller and the
+            # sequencer's launch inputs; otherwise the CSRs drive them.
+            dma.start.eq(csr_dma_start | prog.dma_start),
+            dma.to_hbm.eq(csr_dma_to_hbm & ~prog.busy),
+            dma.addr.eq(Mux(prog.busy, prog.dma_addr, dma_addr)),
+            dma.beats.eq(Mux(prog.busy, prog.dma_beats, dma_beats)),
+            self.cc_start.eq(csr_cc_start | prog.cc_start),
+            self.cc_length.eq(Mux(prog.busy, prog.cc_length, cc_length)),
+            seq.launch.eq(run_start | prog.launch),
+            seq.mask.eq(Mux(prog.busy, prog.mask, mask)),
+            seq.base.eq(Mux(prog.busy, prog.iteration, run_iter)),
+            seq.count.eq(Mux(prog.busy, 1, run_count)),
+            prog.start.eq(prog_start), prog.first.eq(prog_first),
+            prog.sections.eq(prog_sections), prog.iter_base.eq(run_iter),
+            prog.iter_count.eq(run_count),
+            prog.dma_done.eq(dma.done),
+            prog.cc_done.eq(self.cc_done), prog.cc_status.eq(self.cc_status),
+            prog.kt_count.eq(self.cc_kt_count), prog.kt_units.eq(self.cc_kt_units),
+            prog.run_done.eq(seq.done & ~self.hbm_stats.busy.any()),
+            prog.abort.eq(error != 0),
             # A call is finished when its units are done *and* the writes they posted have
             # been performed: a writing AGCU is done once HBM has accepted its last beat
             # (ordered before any later access), but the host reading counters, or a host-side
-            # launch decision, should see the memory quiet.
-            self.run_done.eq(seq.done & ~self.hbm_stats.busy.any()),
+            # launch decision, should see the memory quiet. A program is finished once its
+            # sequencer is idle and past its done pulse (the cycle a refusal gets latched).
+            self.run_done.eq(seq.done & ~self.hbm_stats.busy.any() & ~prog.busy & ~prog.done),
         ]
         with m.If(self.cc_done):
             m.d.sync += cc_status.eq(self.cc_status)
 
-        m.d.comb += seq.launch.eq(run_start)
 
         # Error latch: the first error wins until cleared.
         # A unit's status is final at its done pulse and held until its next start, so the latch
@@ -264,6 +326,9 @@ class HostInterface(wiring.Component):
                 m.d.sync += error.eq(ErrorCode.DMA | dma.error)
             with m.Elif(self.cc_done & (self.cc_status != 0)):
                 m.d.sync += error.eq(ErrorCode.CONFIG | self.cc_status)
+            with m.Elif(prog.done & (prog.error != SectionError.OK)
+                        & (prog.error != SectionError.ABORTED)):
+                m.d.sync += error.eq(ErrorCode.PROGRAM | prog.error)
             with m.Elif(unit_err != 0):
                 m.d.sync += error.eq(unit_err)
 
@@ -292,7 +357,8 @@ class HostInterface(wiring.Component):
                 with m.Case(Csr.DMA_BEATS):
                     m.d.sync += dma_beats.eq(csr.w_data)
                 with m.Case(Csr.DMA_CTRL):
-                    m.d.comb += [dma.start.eq(csr.w_data[0]), dma.to_hbm.eq(csr.w_data[1])]
+                    m.d.comb += [csr_dma_start.eq(csr.w_data[0]),
+                                 csr_dma_to_hbm.eq(csr.w_data[1])]
                 with m.Case(Csr.CFG_UNIT):
                     m.d.sync += cfg_unit.eq(csr.w_data)
                 with m.Case(Csr.CFG_ADDR):
@@ -302,7 +368,7 @@ class HostInterface(wiring.Component):
                 with m.Case(Csr.CONFIG_LENGTH):
                     m.d.sync += cc_length.eq(csr.w_data)
                 with m.Case(Csr.CONFIG_CTRL):
-                    m.d.comb += self.cc_start.eq(csr.w_data[0])
+                    m.d.comb += csr_cc_start.eq(csr.w_data[0])
                     m.d.sync += h2c_to_config.eq(csr.w_data[1])
                 with m.Case(Csr.RUN_ITER):
                     m.d.sync += run_iter.eq(csr.w_data)
@@ -315,13 +381,27 @@ class HostInterface(wiring.Component):
                 with m.Case(Csr.UNIT_DEP):
                     m.d.comb += [seq.dep_we.eq(1), seq.dep_unit.eq(unit_sel),
                                  seq.dep_data.eq(csr.w_data)]
+                with m.Case(Csr.PROG_ENTRY):
+                    m.d.sync += prog_entry.eq(csr.w_data)
+                with m.Case(Csr.PROG_ENTRY_ADDR):
+                    m.d.sync += prog_addr.eq(csr.w_data)
+                with m.Case(Csr.PROG_ENTRY_LEN):
+                    m.d.comb += [prog.tbl_we.eq(1), prog.tbl_index.eq(prog_entry),
+                                 prog.tbl_addr.eq(prog_addr), prog.tbl_length.eq(csr.w_data)]
+                    m.d.sync += prog_entry.eq(prog_entry + 1)
+                with m.Case(Csr.PROG_FIRST):
+                    m.d.sync += prog_first.eq(csr.w_data)
+                with m.Case(Csr.PROG_SECTIONS):
+                    m.d.sync += prog_sections.eq(csr.w_data)
+                with m.Case(Csr.PROG_START):
+                    m.d.comb += prog_start.eq(1)
                 for k in range(n_mask_words):
                     with m.Case(Csr.RUN_MASK0 + k):
                         m.d.sync += run_mask[32 * k:32 * k + 32].eq(csr.w_data)
 
         # ---- reads (registered) ---------------------------------------------------------------
         digest = int.from_bytes(p.digest()[:4], "big")
-        status_word = Cat(dma.busy, self.unit_busy.any(), error != 0, self.cc_busy)
+        status_word = Cat(dma.busy, self.unit_busy.any(), error != 0, self.cc_busy, prog.busy)
         unit_status_a = Array(self.unit_status)
         busy_words = Cat(self.unit_busy, C(0, 32 * n_mask_words - self.n_units))
         ext = Signal()
@@ -365,6 +445,17 @@ class HostInterface(wiring.Component):
                     m.d.sync += r_reg.eq(Cat((self.unit_busy & mask).any(), self.run_done))
                 with m.Case(Csr.UNIT_SEL):
                     m.d.sync += r_reg.eq(unit_sel)
+                with m.Case(Csr.PROG_ENTRY):
+                    m.d.sync += r_reg.eq(prog_entry)
+                with m.Case(Csr.PROG_ENTRY_ADDR):
+                    m.d.sync += r_reg.eq(prog_addr)
+                with m.Case(Csr.PROG_FIRST):
+                    m.d.sync += r_reg.eq(prog_first)
+                with m.Case(Csr.PROG_SECTIONS):
+                    m.d.sync += r_reg.eq(prog_sections)
+                with m.Case(Csr.PROG_STATUS):
+                    m.d.sync += r_reg.eq(Cat(prog.busy, prog.phase, prog.error, C(0, 1),
+                                             prog.entry, prog.iteration))
                 with m.Case(Csr.UNIT_STATUS):
                     with m.If(unit_sel < self.n_units):
                         m.d.sync += r_reg.eq(Cat(unit_status_a[unit_sel],

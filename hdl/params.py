@@ -65,6 +65,8 @@ class RduParams:
 
     # ---- configuration -----------------------------------------------------------------
     config_buffer_bytes: int = 16 * 1024  # config controller's bitstream buffer
+    program_entries: int = 32        # section table of the section sequencer (hdl/sections.py):
+                                     # bitstreams in HBM the chip loads and runs by itself
 
     # ---- host ---------------------------------------------------------------------------
     csr_addr_bits: int = 12          # CSR word address space
@@ -90,6 +92,9 @@ class RduParams:
             raise ValueError("RduParams.hbm_bytes must hold a whole number of rows in every bank")
         if self.grid_rows < 1 or self.grid_cols < 1:
             raise ValueError("RduParams grid must be at least 1x1")
+        if not 1 <= self.program_entries <= 256:
+            raise ValueError(f"RduParams.program_entries must be in 1..256 (the section index is "
+                             f"8 bits), got {self.program_entries}")
 
     # ---- derived quantities (never stored twice) -----------------------------------------
     @property

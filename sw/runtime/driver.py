@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from hdl.host import CHIP_ID, Csr, EXT_BASE, counter_names
 from hdl.params import RduParams
+from hdl.unitmap import unit_map
 
-__all__ = ["ChipDriver", "ChipError", "HangError", "BitstreamRejected"]
+__all__ = ["ChipDriver", "ChipError", "HangError", "BitstreamRejected", "ProgramError"]
 
 
 class ChipError(RuntimeError):
@@ -62,7 +63,25 @@ def describe_error(code: int, p: RduParams) -> str:
     if cls == ErrorCode.CONFIG:
         from sw.bitstream import ConfigStatus
         return f"config controller refused the bitstream: {ConfigStatus(code & 0xF).name}"
+    if cls == ErrorCode.PROGRAM:
+        from hdl.sections import SectionError
+        what = {SectionError.BAD_RANGE: "the program's sections lie outside the section table "
+                                        "(or there are none)",
+                SectionError.NO_KERNEL: "a section's bitstream holds no kernel-table entry",
+                SectionError.BAD_ENTRY: "a section-table entry is empty or runs past the end "
+                                        "of HBM"}
+        e = code & 0xF
+        return (f"section sequencer refused the program: "
+                f"{what.get(e, f'error {e}')}")
     return f"chip error code 0x{code:04x}"
+
+
+class ProgramError(ChipError):
+    """A program of sections stopped on an error; ``entry``/``iteration`` name the section."""
+
+    def __init__(self, code: int, message: str, entry: int, iteration: int):
+        super().__init__(code, message)
+        self.entry, self.iteration = entry, iteration
 
 
 @dataclass
@@ -297,6 +316,71 @@ class ChipDriver:
             return "; ".join(out) or "no unit busy, but not all reported done"
         await self.wait_until(self.dut.run_done, cycles=cycles, what=what, describe=stuck)
         await self.check_error()
+
+    # ---- programs of sections (hdl/sections.py) ------------------------------------------
+    async def write_program_table(self, entries, first: int = 0):
+        """Write section-table entries ``first, first + 1, ...``: ``entries`` is a list of
+        (HBM byte address of a bitstream, its length in bytes)."""
+        entries = [(int(a), int(n)) for a, n in entries]
+        if not 0 <= first or first + len(entries) > self.p.program_entries:
+            raise ValueError(f"section-table entries {first}..{first + len(entries) - 1} do not "
+                             f"fit the chip's {self.p.program_entries}-entry table")
+        for addr, n in entries:
+            self._check_range(addr, n)
+            if n <= 0:
+                raise ValueError(f"section at 0x{addr:x} has length {n}")
+        await self.csr_write(Csr.PROG_ENTRY, first)
+        for addr, n in entries:
+            await self.csr_write(Csr.PROG_ENTRY_ADDR, addr // self.p.beat_bytes)
+            await self.csr_write(Csr.PROG_ENTRY_LEN, n)
+
+    async def program_status(self) -> dict:
+        from hdl.sections import Phase, SectionError
+        st = await self.csr_read(Csr.PROG_STATUS)
+        return {"busy": bool(st & 1), "phase": Phase((st >> 1) & 7).name,
+                "error": SectionError((st >> 4) & 7).name, "entry": (st >> 8) & 0xFF,
+                "iteration": st >> 16}
+
+    async def run_program(self, first: int, n_sections: int, *, iteration: int = 0,
+                          count: int = 1, cycles: int, what: str = "program",
+                          names=None):
+        """Run sections ``first .. first + n_sections - 1`` for iterations ``iteration ..
+        iteration + count - 1`` on the chip's section sequencer and sleep until it has finished.
+        ``names``: optional labels of the table entries, for messages. Raises
+        :class:`HangError` naming the section, iteration, phase and busy units after ``cycles``,
+        and :class:`ProgramError` when the program stopped on an error."""
+        def label(e):
+            if names is not None and 0 <= e - first < len(names):
+                return f"section {e} ({names[e - first]})"
+            return f"section {e}"
+        await self._write_run_reg(Csr.RUN_ITER, iteration)
+        await self._write_run_reg(Csr.RUN_COUNT, count)
+        await self.csr_write(Csr.PROG_FIRST, first)
+        await self.csr_write(Csr.PROG_SECTIONS, n_sections)
+        await self.csr_write(Csr.PROG_START, 1)
+
+        async def stuck():
+            from hdl.unitmap import unit_by_id
+            st = await self.program_status()
+            busy = []
+            for k in range((len(unit_map(self.p)) + 31) // 32):
+                word = await self.csr_read(Csr.RUN_BUSY0 + k)
+                busy += [32 * k + i for i in range(32) if word >> i & 1]
+            units = []
+            for u in busy:
+                await self.csr_write(Csr.UNIT_SEL, u)
+                ust = await self.csr_read(Csr.UNIT_STATUS)
+                uinfo = unit_by_id(self.p, u)
+                units.append(f"{uinfo.name if uinfo else u} busy (status {ust & 0xF})")
+            return (f"{label(st['entry'])}, iteration {st['iteration']}, phase {st['phase']}: "
+                    + ("; ".join(units) or "no unit busy"))
+        await self.wait_until(self.dut.run_done, cycles=cycles, what=what, describe=stuck)
+        code = await self.csr_read(Csr.ERROR)
+        if code:
+            st = await self.program_status()
+            raise ProgramError(code, f"{what}: {label(st['entry'])}, iteration "
+                                     f"{st['iteration']}: {describe_error(code, self.p)}",
+                               st["entry"], st["iteration"])
 
     # ---- waiting ----------------------------------------------------------------------------
     async def wait_until(self, signal, *, cycles: int, what: str, describe=None):
