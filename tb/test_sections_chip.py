@@ -3,6 +3,7 @@ two residual-add sections chained through HBM, three iterations with per-iterati
 run as one looped call and as one call per iteration, bit-exact against numpy; a corrupt
 section, the sequencer's refusals and a hanging section each fail clearly."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from hdl.chip import Chip
 from hdl.params import DEFAULT_PARAMS as P
 from sw.bitstream import Bitstream, Kernel
+from sw.compiler.delta import section_deltas
 from sw.kernels.kernel import Ref
 from sw.kernels.patterns import residual_kernel
 from tb.runner import build, check_results, run
@@ -43,7 +45,11 @@ def test_section_programs_on_chip(tmp_path):
                           out=Ref(H + STRIDE, STRIDE), iterations=ITERS, name="addA")
     k_b = residual_kernel(P, dim=DIM, x=Ref(H + STRIDE, STRIDE), y=Ref(B, STRIDE),
                           out=Ref(H + STRIDE, STRIDE), iterations=ITERS, name="addB")
-    good_a, good_b = k_a.to_bytes(), k_b.to_bytes()
+    # section B is stored as its delta against A (sw/compiler/delta.py): it must still run
+    # bit-exact after A, in every iteration
+    (good_a, _), (good_b, n_b) = section_deltas([k_a.to_bytes(), k_b.to_bytes()], P,
+                                                ["addA", "addB"])
+    assert n_b < len(Bitstream.from_bytes(k_b.to_bytes(), P).writes)
     corrupt = bytearray(good_a)
     corrupt[len(corrupt) // 2] ^= 0x10
     bs = Bitstream.from_bytes(good_a, P)
@@ -51,8 +57,8 @@ def test_section_programs_on_chip(tmp_path):
     pcus = [u for u in kern.units if _kind(u) == "pcu"]
     assert pcus, "the residual kernel has a PCU"
     # the same configuration, but only its PCU is launched: it waits for beats forever
-    hang = Bitstream.for_params(P, writes=bs.writes,
-                                kernels=[Kernel(kern.id, "addA-pcu", tuple(pcus[:1]))]).to_bytes()
+    hang = dataclasses.replace(bs, kernels=[Kernel(kern.id, "addA-pcu", tuple(pcus[:1]))]
+                               ).to_bytes()
     blobs = [good_a, good_b, bytes(corrupt), hang]
     images, table = [], []
     addr = SLOTS
