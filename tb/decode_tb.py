@@ -2,10 +2,14 @@
 
 Arguments in ``MINIRDU_ARGS`` (JSON): ``params``, ``model`` (path), ``mode``, ``context``
 (optional), ``prompt_ids``, ``tokens`` (to generate), ``launch_overhead_cycles``, ``check``
-(compare every kernel's output with the golden trace), ``watchdog_cycles`` (optional cap on
-every kernel's watchdog budget: tests make a kernel "hang" with it), ``progress`` (a JSON-lines file: one
-line per step, read by the parent for its progress bar) and ``result`` (JSON written at the
-end, also when the run fails: ``error`` then says why).
+(compare every kernel's output with the golden trace; op mode only), ``watchdog_cycles``
+(optional cap on every kernel's watchdog budget: tests make a kernel "hang" with it),
+``host_prefill`` (run all prompt tokens but the last on the host's golden model and DMA its KV
+cache into HBM: the chip starts at position ``len(prompt) - 1``), ``corrupt_section`` (tests:
+the name of a static section whose HBM slot gets one flipped byte after the load: the chip's
+config controller must refuse it), ``progress`` (a JSON-lines file: one line per step, read by
+the parent for its progress bar) and ``result`` (JSON written at the end, also when the run
+fails: ``error`` then says why).
 
 The golden decoder runs in lockstep: every step's next token must equal the golden one (the
 run stops at the first difference and fails), and after the last step the chip's logits are
@@ -49,12 +53,26 @@ async def decode(dut):
                               check=args.get("check", False),
                               watchdog_cycles=args.get("watchdog_cycles"))
         res["load"] = await runner.load()
+        bad = args.get("corrupt_section")
+        if bad is not None:
+            sec = next((s for s in prog.sections if s.name == bad), None)
+            if sec is None or sec.position_dependent:
+                raise ValueError(f"corrupt_section {bad!r}: not a static section of mode "
+                                 f"{prog.mode!r}")
+            data = bytearray(prog.section_bitstream(sec.entry, 0))
+            data[len(data) // 2] ^= 0x5A
+            await drv.dma_write(sec.slot, bytes(data))
         prompt = [int(t) for t in args["prompt_ids"]]
         n_new = int(args["tokens"])
         seq = list(prompt)
+        pos = 0
+        if args.get("host_prefill") and len(prompt) > 1:
+            w0 = time.monotonic()
+            await runner.warm_start(prompt[:-1])
+            pos = len(prompt) - 1
+            res["host_prefill"] = {"positions": pos, "wall_seconds": time.monotonic() - w0}
         sim0 = get_sim_time("ns")
         run_wall0 = time.monotonic()
-        pos = 0
         while pos < len(seq) and len(res["tokens"]) < n_new:
             nxt, fig = await runner.step(pos, seq[pos])
             generated = pos >= len(prompt) - 1

@@ -176,9 +176,8 @@ def _bad_model(tmp_path):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--mode", "layer"], r"mode 'layer': fused layer kernels are not built yet"),
-    (["--mode", "looped"], r"mode 'looped': fused layer kernels are not built yet"),
     (["--mode", "fast"], r"unknown mode 'fast': choose one of op, layer, looped"),
+    (["--mode", "looped", "--context", "0"], r"--context must be at least 1"),
     (["--context", "1000"], r"context 1000 must be in 1\.\.256"),
     (["--pos", "300"], r"--pos 300 is outside the context"),
     (["--token", "512"], r"--token 512 is outside the vocabulary"),
@@ -207,3 +206,140 @@ def test_input_output_errors(tmp_path, capsys):
         assert rc == 2, (argv, out, err)
         assert err.count("\n") == 1 and err.startswith("rdu: error: "), err
         assert msg in err, (argv, err)
+
+
+# ---- layer and looped modes ----------------------------------------------------------------
+
+FUSED_REPORT_SECTIONS = [
+    "Programs of sections", "  layer program: entries 0..16 (17 sections",
+    "  head program: entries 17..19 (3 sections", "  section table (20 of ",
+    "  launches of a token in mode ", "  config region: 0x", "    config ", "  sections        ",
+]
+
+
+def _check_fused(model_path, stem: Path, out: str, mode: str, pos: int = 0, token: int = 0):
+    """The files of a layer/looped compile against an independent compile: one .rbit per
+    distinct section (the op kernels' bitstreams), the section table with its slots, the
+    launches of a token, the config bytes per token; the report's program sections."""
+    man = json.loads(stem.with_name(stem.name + ".json").read_text())
+    qm = quantized(load_model(model_path))
+    L = qm.config.n_layers
+    prog = compile_decode(qm, DEFAULT_PARAMS, mode=mode, context=man["context"])
+    assert man["mode"] == mode
+    assert man["hbm"]["regions"] == [{"name": n, "group": g, "addr": a, "bytes": b}
+                                     for n, g, a, b in prog.regions]
+    pr = man["programs"]
+    assert pr["programs"] == {"layer": {"first": 0, "sections": 17},
+                              "head": {"first": 17, "sections": 3}}
+    assert pr["config_region"] == {"addr": prog.config_base, "bytes": prog.config_bytes}
+    assert pr["delta"] is True
+    kernels = prog.section_kernels(pos)
+    images = prog.section_images(pos)
+    written = {p.name for p in stem.parent.iterdir() if p.name.startswith(stem.name + ".")}
+    files = {k["file"] for k in man["kernels"]} | {s["file"] for s in pr["sections"]}
+    assert len(files) == len(man["kernels"]) + 20
+    assert written == files | {stem.name + ".map.txt", stem.name + ".json"}
+    regions = [(r["addr"], r["addr"] + r["bytes"]) for r in man["hbm"]["regions"]
+               if not r["name"].startswith("section ")]
+    for s, sec in zip(pr["sections"], prog.sections):
+        assert (s["entry"], s["name"], s["program"], s["slot"], s["slot_bytes"]) == \
+            (sec.entry, sec.name, sec.program, sec.slot, sec.slot_bytes)
+        assert s["file"] == f"{stem.name}.s{sec.entry:02d}.{sec.name}" + \
+            (f".pos{pos}" if sec.position_dependent else "") + ".rbit"
+        # the section's file holds what its slot holds at pos (a delta bitstream: the kernel's
+        # kernel table, at most its records); the kernel's own file its whole bitstream
+        data = (stem.parent / s["file"]).read_bytes()
+        assert data == images[sec.entry]
+        assert (stem.parent / s["kernel_file"]).read_bytes() == kernels[sec.entry].to_bytes()
+        assert s["bitstream_bytes"] == len(data) <= s["slot_bytes"]
+        assert s["kernel_bytes"] == len(kernels[sec.entry].to_bytes())
+        bs = Bitstream.from_bytes(data, DEFAULT_PARAMS)
+        full = Bitstream.from_bytes(kernels[sec.entry].to_bytes(), DEFAULT_PARAMS)
+        assert bs.params_digest == DEFAULT_PARAMS.digest() and bs.kernels == full.kernels
+        assert s["records"] == len(bs.writes) <= len(full.writes)
+        assert "crc-32" in inspect_text(data, name=s["file"])
+        for a, e in regions:                   # the slot overlaps no data region
+            assert s["slot"] + s["slot_bytes"] <= a or e <= s["slot"]
+    la = pr["launches"]
+    assert len(la) == {"layer": 1 + L + 1, "looped": 3}[mode]
+    assert la[0]["kind"] == "call" and la[0]["label"] == "embed"
+    assert [(x["first"], x["sections"], x["iteration"], x["count"]) for x in la[1:]] == (
+        [(0, 17, l, 1) for l in range(L)] if mode == "layer" else [(0, 17, 0, L)]) + \
+        [(17, 3, 0, 1)]
+    dep = [s for s in prog.sections if s.position_dependent]
+    assert la[1]["updates"] == [{"addr": s.slot,
+                                 "bytes": len(prog.section_bitstream(s.entry, pos))}
+                                for s in dep]
+    pt = man["per_token"]
+    assert pt["launches"] == len(la) and pt["sections"] == 17 * L + 3
+    section_reads = L * sum(len(b) for b in images[:17]) + sum(len(b) for b in images[17:])
+    assert pt["config_bytes"] == {"section reads": section_reads,
+                                  "host updates": sum(u["bytes"] for u in la[1]["updates"])}
+    assert pt["by_category"]["config"] == sum(pt["config_bytes"].values())
+    assert pt["hbm_bytes"] == pt["kernel_hbm_bytes"] + pt["by_category"]["config"]
+    assert sum(pt["by_category"].values()) == pt["hbm_bytes"]
+    # the kernels' traffic is op mode's
+    op = compile_decode(qm, DEFAULT_PARAMS, mode="op", context=man["context"])
+    assert pt["kernel_hbm_bytes"] == sum(c.kernel.hbm_bytes for c in op.token_calls(pos, token))
+    rep = stem.with_name(stem.name + ".map.txt").read_text()
+    for s in REPORT_SECTIONS[:2] + FUSED_REPORT_SECTIONS + [f"\nmode       {mode}"]:
+        assert s in rep, f"report lacks {s!r}"
+    assert f"{pt['hbm_bytes']:,} B per token" in rep
+    assert f"{len(la)} host launches, {17 * L + 3} sections run on the chip" in rep
+    for s in pr["sections"]:
+        assert f"0x{s['slot']:06x}" in rep
+    assert "WARNING" not in rep and not man["warnings"]
+    assert f"{len(la)} launches ({17 * L + 3} sections on the chip)" in out
+    assert "compile time:" in out
+    return man, rep
+
+
+@pytest.mark.parametrize("mode", ["layer", "looped"])
+def test_default_model_fused(tmp_path, capsys, mode):
+    rc, out, err = _rdu(capsys, "compile", DEFAULT_MODEL, "--mode", mode, "-o",
+                        tmp_path / "kjv.rbit")
+    assert rc == 0, err
+    man, rep = _check_fused(DEFAULT_MODEL, tmp_path / "kjv", out, mode)
+    assert len(man["kernels"]) == 20              # the same distinct kernels as op mode
+    t = float(re.search(r"compile time:\s+([0-9.]+) s", out).group(1))
+    assert 0 < t < 5, f"compile time {t} s"
+
+
+@pytest.mark.parametrize("name", ["mha-d32-l1-tied", "gqa-d128-l4-untied"])
+def test_random_shapes_fused(tmp_path, capsys, name):
+    cfg = RANDOM_CONFIGS[name]
+    folder = tmp_path / name
+    save_hf(random_model(cfg, seed=5, name=name), folder)
+    for mode in ("layer", "looped"):
+        out_dir = tmp_path / mode
+        rc, out, err = _rdu(capsys, "compile", folder, "--mode", mode, "-o", str(out_dir) + "/",
+                            "--pos", 3, "--token", 7)
+        assert rc == 0, err
+        _check_fused(folder, out_dir / name, out, mode, pos=3, token=7)
+
+
+def test_fused_compile_error_is_one_line(tmp_path, capsys):
+    """A model the chip cannot run (vocab not a multiple of the lanes) fails in every mode
+    with the same one-line message, and nothing is written."""
+    name = "mqa-d48-l3-untied"
+    folder = tmp_path / name
+    save_hf(random_model(RANDOM_CONFIGS[name], seed=5, name=name), folder)
+    for mode in ("op", "layer", "looped"):
+        rc, out, err = _rdu(capsys, "compile", folder, "--mode", mode, "-o",
+                            tmp_path / "o" / "x.rbit")
+        assert rc == 2
+        assert err.count("\n") == 1 and err.startswith("rdu: error: ")
+        assert "not a multiple of the 16 lanes" in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_no_delta(tmp_path, capsys):
+    """--no-delta: every slot holds its kernel's whole bitstream (what op mode loads)."""
+    rc, out, err = _rdu(capsys, "compile", DEFAULT_MODEL, "--mode", "layer", "--no-delta",
+                        "-o", tmp_path / "kjv.rbit")
+    assert rc == 0, err
+    man = json.loads((tmp_path / "kjv.json").read_text())
+    assert man["programs"]["delta"] is False
+    for s in man["programs"]["sections"]:
+        assert (tmp_path / s["file"]).read_bytes() == (tmp_path / s["kernel_file"]).read_bytes()
+    assert "whole bitstreams" in out

@@ -16,7 +16,9 @@ quantises it, lays it out in HBM and builds the kernels of one decode step
     ``l`` (their AGCUs add ``l`` times the layer stride). Each file reads with ``rdu inspect``.
 ``<stem>.map.txt``
     the mapping report (:mod:`sw.compiler.report`): units, grid picture, routes, PMU buffer map
-    and AGCU programs per kernel, bytes per launch, the HBM layout and the HBM bytes per token.
+    and AGCU programs per kernel, bytes per launch, the HBM layout and the HBM bytes per token;
+    in ``layer``/``looped`` mode also the programs of sections (units of every section), the
+    section table (entry, HBM slot, bytes) and the launches of a token.
 ``<stem>.json``
     the manifest: mode, model, params digest, HBM map, the call order of a token (label,
     kernel, file, sequencer iteration), and per kernel its file, iterations, unit ids and bytes
@@ -29,8 +31,13 @@ described step is position ``--pos`` (default 0) with input ``--token`` (default
 image itself is not written: the runtime rebuilds it from the model (the manifest records its
 SHA-256).
 
-Only ``op`` mode is built; ``layer`` and ``looped`` are refused with a one-line error, as are a
-missing or malformed model, an unwritable output and an unknown mode (exit status 2).
+Modes: ``op`` (89 host launches per token for the default model: every kernel is a launch),
+``layer`` (embedding, one launch of the on-chip layer program per layer, the head program) and
+``looped`` (embedding, one launch of the layer program for every layer, the head program). In
+the fused modes every section (op kernel) of the programs still has its own bitstream, so the
+same files are written; the chip loads them from their HBM slots itself. A missing or malformed
+model, an unwritable output, an unknown mode or a model that cannot be compiled is refused with
+a one-line error (exit status 2).
 """
 
 from __future__ import annotations
@@ -56,8 +63,11 @@ _EPILOG = """files written (STEM = OUT without .rbit; OUT a folder: STEM = OUT/<
   STEM.map.txt         mapping report: units, grid, routes, PMU buffers, AGCU programs and bytes
                        per launch of every kernel; HBM layout; HBM bytes per token
   STEM.json            manifest: mode, model, params digest, HBM map, call order of a token,
-                       bitstream files, iterations, unit ids, bytes per launch
-only op mode is built so far: layer and looped are refused (exit status 2)."""
+                       bitstream files, iterations, unit ids, bytes per launch; layer/looped:
+                       the section table, the programs and the launches of a token
+modes: op = one host launch per kernel (1 + 17 x layers + 3); layer = embedding, one launch of
+the on-chip layer program per layer, head program (1 + layers + 1); looped = embedding, one
+launch of the layer program for all layers, head program (3)."""
 
 
 def output_stem(out: str, model_name: str) -> Path:
@@ -101,13 +111,13 @@ def _write(path: Path, data) -> None:
 
 
 def compile_files(model_path: str, out: str, *, mode: str = "op", context: int | None = None,
-                  pos: int = 0, token: int = 0) -> dict:
+                  pos: int = 0, token: int = 0, delta: bool = True) -> dict:
     """Compile ``model_path`` and write the files; return a summary dict (the manifest plus
     ``stem``, ``files``, ``timings``). Raises :class:`UserError` on bad input."""
     from hdl.params import DEFAULT_PARAMS
     from sw.bitstream import Bitstream, BitstreamError
     from sw.compiler.program import CompileError, compile_decode
-    from sw.compiler.report import manifest, mapping_report, step_plan
+    from sw.compiler.report import manifest, mapping_report, section_file_names, step_plan
     from sw.frontend import load_model
     from sw.frontend.errors import ModelFormatError
     from sw.golden import quantized
@@ -145,7 +155,7 @@ def compile_files(model_path: str, out: str, *, mode: str = "op", context: int |
     lap("quantise")
     p = DEFAULT_PARAMS
     try:
-        prog = compile_decode(qm, p, mode=mode, context=context)
+        prog = compile_decode(qm, p, mode=mode, context=context, delta=delta)
     except CompileError as e:
         raise UserError(str(e)) from None
     lap("layout")
@@ -160,30 +170,44 @@ def compile_files(model_path: str, out: str, *, mode: str = "op", context: int |
         raise UserError(f"cannot build the kernels: {str(e).splitlines()[0]}") from None
     lap("kernels")
     files = {e.label: f"{stem.name}.{e.label}.rbit" for e in plan.kernels}
-    for e in plan.kernels:                  # what rdu inspect and the chip will check
+    blobs = [(e.label, e.bitstream) for e in plan.kernels]
+    sfiles = section_file_names(prog, stem.name, pos)
+    sections = []
+    if prog.sections:
         try:
-            bs = Bitstream.from_bytes(e.bitstream, p)
+            sections = [(sfiles[s.entry], prog.section_bitstream(s.entry, pos))
+                        for s in prog.sections]
+        except CompileError as e:
+            raise UserError(str(e)) from None
+        blobs += [(f"section {name}", data) for name, data in sections]
+    for label, data in blobs:               # what rdu inspect and the chip will check
+        try:
+            bs = Bitstream.from_bytes(data, p)
         except BitstreamError as err:       # a compiler bug, reported as such
-            raise UserError(f"internal error: the bitstream of {e.label} does not read back: "
+            raise UserError(f"internal error: the bitstream of {label} does not read back: "
                             f"{err}") from None
         if bs.params_digest != p.digest():
-            raise UserError(f"internal error: {e.label} carries another params digest")
+            raise UserError(f"internal error: {label} carries another params digest")
     lap("bitstreams")
     model_name = f"{m.name} ({model_path})"
     report = mapping_report(prog, plan=plan, files=files, model=model_name,
-                            timings={**timings, "total": round(time.monotonic() - t0, 3)})
+                            timings={**timings, "total": round(time.monotonic() - t0, 3)},
+                            section_files=sfiles)
     lap("report")
     _writable_parent(stem)
     total = round(time.monotonic() - t0, 3)
     man = manifest(plan, files=files, report=f"{stem.name}.map.txt",
                    model={"name": m.name, "path": str(model_path)},
-                   timings={**timings, "total": total})
+                   timings={**timings, "total": total}, section_files=sfiles)
     for e in plan.kernels:
         _write(stem.parent / files[e.label], e.bitstream)
+    for name, data in sections:
+        _write(stem.parent / name, data)
     _write(stem.parent / f"{stem.name}.map.txt", report)
     _write(stem.parent / f"{stem.name}.json", json.dumps(man, indent=1) + "\n")
     man["stem"] = str(stem)
     man["files"] = [str(stem.parent / files[e.label]) for e in plan.kernels] + \
+        [str(stem.parent / name) for name, _ in sections] + \
         [f"{stem}.map.txt", f"{stem}.json"]
     man["model_name"] = m.name
     man["compile_seconds"] = total
@@ -199,7 +223,9 @@ def _compile(parser):
                         help=f"model: Hugging Face folder or llama2.c .bin (default: "
                              f"{DEFAULT_MODEL})")
     parser.add_argument("--mode", default="op", metavar="{op,layer,looped}",
-                        help="op: one kernel per pattern (the only mode built so far)")
+                        help="op: one host launch per kernel; layer: one launch of the on-chip "
+                             "layer program per layer; looped: one launch for all layers "
+                             "(default op)")
     parser.add_argument("-o", "--output", metavar="OUT.rbit", default=None,
                         help="output: writes OUT.<kernel>.rbit per kernel, OUT.map.txt (the "
                              "mapping report) and OUT.json (the manifest); a folder writes "
@@ -210,12 +236,15 @@ def _compile(parser):
                         help="decode position whose kernels are written and reported (default 0)")
     parser.add_argument("--token", type=int, default=0, metavar="T",
                         help="input token of the described step (default 0)")
+    parser.add_argument("--no-delta", action="store_true",
+                        help="layer/looped: store every section as its kernel's whole bitstream "
+                             "instead of a delta against the sections before it")
 
     def run(args):
         if args.output is None:
             raise UserError("give the output with -o FILE.rbit (e.g. -o build/model.rbit)")
         res = compile_files(args.model, args.output, mode=args.mode, context=args.context,
-                            pos=args.pos, token=args.token)
+                            pos=args.pos, token=args.token, delta=not args.no_delta)
         c = res["config"]
         pt = res["per_token"]
         by = pt["by_category"]
@@ -227,9 +256,19 @@ def _compile(parser):
         print(f"kernels:       {len(res['kernels'])} bitstreams ({stem.name}.<kernel>.rbit, "
               f"{sum(k['bitstream_bytes'] for k in res['kernels']):,} B) for position "
               f"{res['position']}, token {res['token']}")
-        print(f"per token:     {pt['launches']} launches, {pt['hbm_bytes']:,} B of HBM traffic "
-              f"at position {pt['position']} (" + ", ".join(f"{k} {v:,}" for k, v in by.items())
+        secs = f" ({pt['sections']} sections on the chip)" if pt.get("sections") else ""
+        print(f"per token:     {pt['launches']} launches{secs}, {pt['hbm_bytes']:,} B of HBM "
+              f"traffic at position {pt['position']} (" +
+              ", ".join(f"{k} {v:,}" for k, v in by.items())
               + f"), {pt['bitstream_bytes']:,} B of bitstreams")
+        if res.get("programs"):
+            pr = res["programs"]
+            print(f"sections:      {len(pr['sections'])} table entries (" + ", ".join(
+                f"{n} program {v['first']}..{v['first'] + v['sections'] - 1}"
+                for n, v in pr["programs"].items()) + f"); {stem.name}.s<entry>.<section>.rbit "
+                f"({sum(s['bitstream_bytes'] for s in pr['sections']):,} B, "
+                f"{'delta bitstreams' if pr['delta'] else 'whole bitstreams'}); config region "
+                f"{pr['config_region']['bytes']:,} B at 0x{pr['config_region']['addr']:06x}")
         print(f"HBM image:     {res['hbm']['bytes_used']:,} B")
         print(f"wrote:         {folder}/{stem.name}.*.rbit, {stem.name}.map.txt (mapping "
               f"report), {stem.name}.json (manifest)")

@@ -26,8 +26,14 @@ What the report holds:
   programs), the AGCU programs decoded from the AGCU register writes (mode, base, counts,
   strides, iteration stride, the HBM region hit) and the bytes read/written per launch;
 - the HBM layout: regions, the layout of a layer block, the KV cache geometry;
+- layer/looped modes: the programs of sections (per section: table entry, kernel, units used,
+  bitstream bytes, watchdog), the section table (entry, HBM slot, slot and bitstream bytes,
+  file) and the host launches of a token (first entry, sections, iterations, the updates the
+  host DMAs before it);
 - per token: launches, bitstream bytes loaded, HBM bytes by category (GEMV weights incl. their
-  REQUANT words and the embedding row; other constants and tables; KV cache; activations) and by
+  REQUANT words and the embedding row; other constants and tables; KV cache; activations; in
+  layer/looped mode ``config``: the section bitstreams the chip reads from HBM, once per
+  section run, plus the position's bitstreams the host DMAs into their slots) and by
   kernel, at the described position and at the last position of the context.
 
 The HBM bytes of a call are the beats of its AGCU programs (READ and WRITE, one iteration) times
@@ -60,6 +66,8 @@ _CATEGORY_NOTE = {
     "constants": "norm/RoPE/attention/SwiGLU blobs, RoPE table rows",
     "KV cache": "K and V rows read and the appended row",
     "activations": "x, h, q, k, v, e, sums, ... between kernels; the next token",
+    "config": "section bitstreams: read by the chip's config controller, the position's "
+              "sections DMA'd by the host",
 }
 
 
@@ -272,6 +280,8 @@ def _category(group: str, pattern: str) -> str:
         return "KV cache"
     if group == "embedding":
         return "weights"
+    if group == "config":
+        return "config"
     if group in ("layer", "final"):
         return "weights" if pattern == "gemv" else "constants"
     return "constants"
@@ -370,25 +380,61 @@ class StepPlan:
     traffic: list                  # per call: {category: bytes}
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    # layer / looped modes: the host launches of the step (Call and ProgramLaunch objects)
+    launch_list: list | None = None
 
     @property
     def launches(self) -> int:
-        return len(self.calls)
+        """Host launches per token (op: every kernel call; layer/looped: embed + programs)."""
+        return len(self.launch_list if self.launch_list is not None else self.calls)
+
+    @property
+    def programs(self) -> list:
+        return [x for x in self.launch_list or [] if x.kind == "program"]
+
+    @property
+    def sections_run(self) -> int:
+        """Sections the chip's section sequencer runs per token (0 in op mode)."""
+        return sum(x.n_sections * x.count for x in self.programs)
+
+    @property
+    def config_traffic(self) -> dict:
+        """HBM bytes of configuration per token: ``section reads`` (the chip's config
+        controller reads every section's bitstream from its slot, once per section run) and
+        ``host updates`` (the position-dependent bitstreams the host DMAs). Empty in op mode
+        (bitstreams go from the host to the config controller, not through HBM)."""
+        if self.launch_list is None:
+            return {}
+        reads = sum(x.count * sum(len(b) for b in x.images) for x in self.programs)
+        ups = sum(len(d) for x in self.programs for _, d in x.updates)
+        return {"section reads": reads, "host updates": ups}
 
     def bytes_by_category(self) -> dict:
         tot = dict.fromkeys(CATEGORIES, 0)
         for t in self.traffic:
             for k, v in t.items():
                 tot[k] = tot.get(k, 0) + v
+        if self.launch_list is not None:
+            tot["config"] = sum(self.config_traffic.values())
         return tot
 
     @property
     def hbm_bytes(self) -> int:
+        return sum(sum(t.values()) for t in self.traffic) + sum(self.config_traffic.values())
+
+    @property
+    def kernel_hbm_bytes(self) -> int:
+        """HBM bytes the kernels' AGCUs move per token (every mode alike)."""
         return sum(sum(t.values()) for t in self.traffic)
 
     @property
     def bitstream_bytes(self) -> int:
-        return sum(len(self.kernels[i].bitstream) for i in self.call_kernel)
+        """Bitstream bytes configured per token (op: loaded by the host before every call;
+        layer/looped: the embedding's from the host plus every section run from HBM)."""
+        if self.launch_list is None:
+            return sum(len(self.kernels[i].bitstream) for i in self.call_kernel)
+        host = sum(len(x.kernel.to_bytes()) for x in self.launch_list if x.kind == "call")
+        return host + self.config_traffic["section reads"]
 
 
 def _label_of(kernel, call_label: str) -> tuple[str, int | None, int | None]:
@@ -457,7 +503,9 @@ def step_plan(prog, pos: int = 0, token: int = 0, *, calls=None) -> StepPlan:
             if pads:
                 notes.append(f"kernel {e.label}: {a.unit} ({a.role}) moves beats past its "
                              f"operand's declared size: {pads[0]}")
-    return StepPlan(prog, pos, token, calls, entries, call_kernel, traffic, warnings, notes)
+    launch_list = None if prog.mode == "op" else prog.token_launches(pos, token)
+    return StepPlan(prog, pos, token, calls, entries, call_kernel, traffic, warnings, notes,
+                    launch_list)
 
 
 # ---- text ------------------------------------------------------------------------------------
@@ -619,6 +667,110 @@ def _hbm_section(prog) -> list[str]:
     L.append(f"  embedding: {c.vocab_size} rows of {prog.emb_row_bytes} B (int16) at "
              f"0x{prog.emb_base:06x}; RoPE tables at 0x{prog.rope_tables:06x}; next token at "
              f"0x{prog.next_token:06x} (int32, lane 0)")
+    if prog.sections:
+        n_dep = sum(s.position_dependent for s in prog.sections)
+        L.append(f"  config region: 0x{prog.config_base:06x}..0x"
+                 f"{prog.config_base + prog.config_bytes:06x} ({_n(prog.config_bytes)} B) after "
+                 f"the KV cache, one slot per section-table entry ({len(prog.sections)}); the "
+                 f"{n_dep} position-dependent slots are sized for the larger bitstream of "
+                 f"positions 0 and {prog.context - 1} plus a margin")
+    return L
+
+
+def _kernel_label_of(plan: StepPlan) -> dict:
+    return {id(e.kernel): e.label for e in plan.kernels}
+
+
+def section_file_names(prog, stem_name: str, pos: int) -> dict:
+    """``{entry: file name}`` of the section bitstreams ``rdu compile`` writes (layer/looped):
+    ``<stem>.s<entry>.<section>[.pos<P>].rbit``, what each slot holds at ``pos``."""
+    return {s.entry: f"{stem_name}.s{s.entry:02d}.{s.name}"
+                     f"{f'.pos{pos}' if s.position_dependent else ''}.rbit"
+            for s in prog.sections}
+
+
+def _records(data: bytes, p) -> int:
+    from sw.bitstream import Bitstream
+    return len(Bitstream.from_bytes(data, p).writes)
+
+
+def _programs_section(plan: StepPlan, files: dict | None,
+                      section_files: dict | None = None) -> list[str]:
+    """Programs of sections, the section table and the launches of a token (layer/looped)."""
+    prog = plan.prog
+    p = prog.params
+    label_of = _kernel_label_of(plan)
+    kernels = prog.section_kernels(plan.pos)
+    images = prog.section_images(plan.pos)
+    L = ["=" * 100, "Programs of sections (loaded and run by the chip's section sequencer)",
+         "=" * 100]
+    L.append("  A section is one op kernel: the chip loads its bitstream from its HBM slot into "
+             "the config controller,")
+    L.append("  runs its units, waits until they are done and HBM is quiet, then goes on; after "
+             "the last section of an")
+    L.append("  iteration the next iteration (layer) starts at once. The embedding stays a host "
+             "call (its bitstream depends on the token).")
+    if prog.delta:
+        L.append("  Slots hold delta bitstreams: a program's first section whole (without ROUTES), "
+                 "every later one only the")
+        L.append("  register writes whose value the sections before it (same iteration) have not "
+                 "already put in the fabric.")
+    else:
+        L.append("  Slots hold the kernels' own bitstreams (compiled without delta configuration).")
+    for name, (first, n) in prog.programs().items():
+        secs = prog.sections[first:first + n]
+        what = ("the kernels of one decoder layer, run at iteration l for layer l"
+                if name == "layer" else "final norm, LM head, argmax")
+        L.append("")
+        L.append(f"  {name} program: entries {first}..{first + n - 1} ({n} sections: {what})")
+        L.append(f"    {'entry':>5} {'section':<11} {'kernel':<24} {'PCU':>3} {'PMU':>3} "
+                 f"{'AGCU':>4}  {'unit ids':<34} {'bitstream':>9} {'watchdog':>9}")
+        for s in secs:
+            k = kernels[s.entry]
+            kinds = [sum(1 for u in k.builder.units.values() if u.unit.kind == kk)
+                     for kk in ("pcu", "pmu", "agcu")]
+            ids = " ".join(map(str, k.unit_ids))
+            L.append(f"    {s.entry:>5} {s.name:<11} {label_of.get(id(k), '?'):<24} "
+                     f"{kinds[0]:>3} {kinds[1]:>3} {kinds[2]:>4}  {ids:<34} "
+                     f"{_n(len(k.to_bytes())):>9} {_n(k.watchdog):>9}"
+                     + ("  per position" if s.position_dependent else ""))
+        union = sorted({u for s in secs for u in kernels[s.entry].unit_ids})
+        L.append(f"    units: {len(union)} distinct unit ids over the program (one section at a "
+                 f"time on the {p.grid_rows}x{p.grid_cols} grid)")
+    L.append("")
+    L.append(f"  section table ({len(prog.sections)} of {p.program_entries} entries; slots in "
+             f"the config region at 0x{prog.config_base:06x}, {_n(prog.config_bytes)} B):")
+    L.append(f"    {'entry':>5} {'program':<7} {'section':<11} {'slot':<10} {'slot B':>8} "
+             f"{'kernel B':>9} {'records':>7} {'in slot B':>9} {'records':>7}  file")
+    for s in prog.sections:
+        k = kernels[s.entry]
+        full, img = k.to_bytes(), images[s.entry]
+        f = (section_files or {}).get(s.entry, "")
+        L.append(f"    {s.entry:>5} {s.program:<7} {s.name:<11} 0x{s.slot:06x}  "
+                 f"{_n(s.slot_bytes):>8} {_n(len(full)):>9} {_n(_records(full, p)):>7} "
+                 f"{_n(len(img)):>9} {_n(_records(img, p)):>7}  {f}"
+                 + ("   (rewritten per position by the host)" if s.position_dependent else ""))
+    tot_full = sum(len(k.to_bytes()) for k in kernels)
+    tot_img = sum(len(b) for b in images)
+    L.append(f"    total: kernels {_n(tot_full)} B, slots {_n(tot_img)} B at position {plan.pos}"
+             + (f" ({100 * tot_img / tot_full:.0f}%)" if prog.delta else ""))
+    L.append("")
+    L.append(f"  launches of a token in mode {prog.mode} ({plan.launches} host launches, "
+             f"{plan.sections_run} sections run on the chip):")
+    for x in plan.launch_list:
+        if x.kind == "call":
+            L.append(f"    {x.label:<8} host call: bitstream {_n(len(x.kernel.to_bytes()))} B "
+                     f"from the host, units {' '.join(map(str, x.kernel.unit_ids))}")
+            continue
+        its = (f"iteration {x.iteration}" if x.count == 1 else
+               f"iterations {x.iteration}..{x.iteration + x.count - 1}")
+        up = ""
+        if x.updates:
+            up = (f"; first the host DMAs {len(x.updates)} position bitstreams "
+                  f"({_n(sum(len(d) for _, d in x.updates))} B) and sets their table entries")
+        L.append(f"    {x.label:<8} program {x.program}: entries {x.first}.."
+                 f"{x.first + x.n_sections - 1}, {its} ({x.n_sections * x.count} sections); "
+                 f"watchdog {_n(x.budget())} cycles{up}")
     return L
 
 
@@ -627,14 +779,32 @@ def _totals_section(plan: StepPlan, last: StepPlan | None, last_error: str | Non
     c = prog.qm.config
     L = ["=" * 100, f"Per token (decode step at position {plan.pos})", "=" * 100]
     per_layer = sum(1 for x in plan.calls if x.label.startswith("l0."))
-    L.append(f"  launches        {plan.launches} = 1 embedding + {per_layer} x {c.n_layers} "
-             f"layers + {plan.launches - 1 - per_layer * c.n_layers} final "
-             f"(op mode: each one reconfigures the fabric)")
-    L.append(f"  bitstreams      {_n(plan.bitstream_bytes)} B loaded per token "
-             f"({len(plan.kernels)} distinct kernels, "
-             f"{_n(sum(len(e.bitstream) for e in plan.kernels))} B)")
+    if plan.launch_list is None:
+        L.append(f"  launches        {plan.launches} = 1 embedding + {per_layer} x {c.n_layers} "
+                 f"layers + {plan.launches - 1 - per_layer * c.n_layers} final "
+                 f"(op mode: each one reconfigures the fabric)")
+        L.append(f"  bitstreams      {_n(plan.bitstream_bytes)} B loaded per token "
+                 f"({len(plan.kernels)} distinct kernels, "
+                 f"{_n(sum(len(e.bitstream) for e in plan.kernels))} B)")
+    else:
+        n_layer_launches = len(plan.programs) - 1
+        shape = (f"1 embedding + {n_layer_launches} layer-program launches + 1 head program"
+                 if prog.mode == "layer" else
+                 "1 embedding + 1 layer-program launch (every layer) + 1 head program")
+        L.append(f"  launches        {plan.launches} = {shape} (mode {prog.mode})")
+        L.append(f"  sections        {plan.sections_run} run on the chip per token = {per_layer} x "
+                 f"{c.n_layers} layers + {prog.programs()['head'][1]} head")
+        cfg = plan.config_traffic
+        emb = plan.bitstream_bytes - cfg["section reads"]
+        L.append(f"  bitstreams      {_n(plan.bitstream_bytes)} B configured per token: "
+                 f"{_n(emb)} B (embedding) from the host, {_n(cfg['section reads'])} B of "
+                 f"sections read from HBM by the chip; the host DMAs "
+                 f"{_n(cfg['host updates'])} B of position-dependent sections into their slots")
     total = plan.hbm_bytes
-    L.append(f"  HBM bytes       {_n(total)} B per token (kernel reads + writes)")
+    what = "kernel reads + writes" if plan.launch_list is None else (
+        f"kernel reads + writes {_n(plan.kernel_hbm_bytes)} B + configuration "
+        f"{_n(sum(plan.config_traffic.values()))} B")
+    L.append(f"  HBM bytes       {_n(total)} B per token ({what})")
     by = plan.bytes_by_category()
     for cat in CATEGORIES + tuple(k for k in by if k not in CATEGORIES):
         v = by.get(cat, 0)
@@ -665,7 +835,8 @@ def _totals_section(plan: StepPlan, last: StepPlan | None, last_error: str | Non
 
 def mapping_report(prog, pos: int = 0, token: int = 0, *, plan: StepPlan | None = None,
                    files: dict | None = None, model: str | None = None,
-                   timings: dict | None = None, last: bool = True) -> str:
+                   timings: dict | None = None, last: bool = True,
+                   section_files: dict | None = None) -> str:
     """The mapping report of ``prog`` (a DecodeProgram) for the step at ``pos``/``token``.
     ``files``: kernel label -> bitstream file name; ``model``: a name/path for the header;
     ``timings``: phase -> seconds for the compile-time line; ``last``: also give the HBM bytes
@@ -680,7 +851,11 @@ def mapping_report(prog, pos: int = 0, token: int = 0, *, plan: StepPlan | None 
              f"max_seq_len {c.max_seq_len}, {'tied' if c.tie_embeddings else 'untied'} "
              f"embeddings")
     mode_note = {"op": "one kernel per pattern; the host reconfigures the fabric before each "
-                       "launch; every activation goes through HBM"}.get(prog.mode, "")
+                       "launch; every activation goes through HBM",
+                 "layer": "a layer kernel = an on-chip program of 17 sections; one host launch "
+                          "per layer, then the head program",
+                 "looped": "a layer kernel = an on-chip program of 17 sections; one host launch "
+                           "runs it for every layer, then the head program"}.get(prog.mode, "")
     L.append(f"mode       {prog.mode}" + (f" ({mode_note})" if mode_note else ""))
     L.append(f"context    {prog.context} positions of KV cache")
     L.append(f"chip       {p.grid_rows}x{p.grid_cols} grid: {p.n_pcus} PCUs ({p.lanes} lanes x "
@@ -727,6 +902,9 @@ def mapping_report(prog, pos: int = 0, token: int = 0, *, plan: StepPlan | None 
     for i in range(len(plan.kernels)):
         L += _kernel_section(plan, i, files)
         L.append("")
+    if plan.launch_list is not None:
+        L += _programs_section(plan, files, section_files)
+        L.append("")
     L += _hbm_section(prog)
     L.append("")
     last_plan, last_err = None, None
@@ -741,8 +919,47 @@ def mapping_report(prog, pos: int = 0, token: int = 0, *, plan: StepPlan | None 
     return "\n".join(L) + "\n"
 
 
+def _programs_json(plan: StepPlan, files: dict, section_files: dict | None) -> dict | None:
+    """layer/looped: the section table, the programs and the host launches of a token."""
+    if plan.launch_list is None:
+        return None
+    prog = plan.prog
+    label_of = _kernel_label_of(plan)
+    kernels = prog.section_kernels(plan.pos)
+    images = prog.section_images(plan.pos)
+    launches = []
+    for x in plan.launch_list:
+        if x.kind == "call":
+            launches.append({"label": x.label, "kind": "call", "iteration": x.iteration,
+                             "count": x.count, "unit_ids": list(x.kernel.unit_ids)})
+        else:
+            launches.append({"label": x.label, "kind": "program", "program": x.program,
+                             "first": x.first, "sections": x.n_sections,
+                             "iteration": x.iteration, "count": x.count,
+                             "watchdog_cycles": x.budget(),
+                             "updates": [{"addr": a, "bytes": len(d)} for a, d in x.updates],
+                             "table": [list(t) for t in x.table]})
+    return {
+        "delta": prog.delta,
+        "config_region": {"addr": prog.config_base, "bytes": prog.config_bytes},
+        "programs": {n: {"first": f, "sections": k} for n, (f, k) in prog.programs().items()},
+        "sections": [{"entry": s.entry, "name": s.name, "program": s.program, "slot": s.slot,
+                      "slot_bytes": s.slot_bytes,
+                      "kernel_bytes": len(kernels[s.entry].to_bytes()),
+                      "bitstream_bytes": len(images[s.entry]),
+                      "records": _records(images[s.entry], prog.params),
+                      "position_dependent": s.position_dependent,
+                      "kernel": label_of.get(id(kernels[s.entry])),
+                      "kernel_file": files.get(label_of.get(id(kernels[s.entry]), "")),
+                      "file": (section_files or {}).get(s.entry)}
+                     for s in prog.sections],
+        "launches": launches,
+    }
+
+
 def manifest(plan: StepPlan, *, files: dict, report: str | None = None,
-             model: dict | None = None, timings: dict | None = None) -> dict:
+             model: dict | None = None, timings: dict | None = None,
+             section_files: dict | None = None) -> dict:
     """The manifest of a compile (JSON-able): mode, model, params digest, HBM map, the call
     order of a token with labels and bitstream files, the kernels (files, iterations, unit ids,
     bytes per launch, AGCU programs)."""
@@ -803,8 +1020,12 @@ def manifest(plan: StepPlan, *, files: dict, report: str | None = None,
         "kernels": kernels,
         "calls": calls,
         "per_token": {"position": plan.pos, "launches": plan.launches,
+                      "sections": plan.sections_run,
                       "hbm_bytes": plan.hbm_bytes, "by_category": plan.bytes_by_category(),
+                      "kernel_hbm_bytes": plan.kernel_hbm_bytes,
+                      "config_bytes": plan.config_traffic,
                       "bitstream_bytes": plan.bitstream_bytes},
+        "programs": _programs_json(plan, files, section_files),
         "timings": timings or {},
         "warnings": list(plan.warnings),
         "notes": list(plan.notes),

@@ -1,9 +1,13 @@
 """``rdu sim``: greedy decode of a model on the Verilator chip, bit-exact with the golden model.
 
-Builds the chip RTL (cached), compiles the model (``sw/compiler/program.py``), runs the decode
-loop of ``sw/runtime/decode.py`` in cocotb with the golden model in lockstep, shows a progress
-bar, prints the text, cycles/token, HBM utilisation, launches/token and the cycle attribution,
-and writes ``result.json`` (``sw/runtime/sim.py``).
+Builds the chip RTL (cached), compiles the model (``sw/compiler/program.py``) for ``--mode``
+(default ``looped``: embedding, one launch of the on-chip layer program for every layer, the
+head program; ``layer``: one layer-program launch per layer; ``op``: one launch per kernel),
+runs the decode loop of ``sw/runtime/decode.py`` in cocotb with the golden model in lockstep,
+shows a progress bar, prints the text, cycles/token, HBM utilisation, host launches and chip
+sections per token and the cycle attribution, and writes ``result.json``
+(``sw/runtime/sim.py``). ``--check`` (every kernel's output against the golden trace) needs
+``--mode op``.
 """
 
 from __future__ import annotations
@@ -25,13 +29,17 @@ def default_out(kind: str) -> Path:
 
 def print_attribution(att: dict) -> None:
     total = att.get("cycles") or 1
-    print(f"  {'where the cycles of a token go':<34}{'cycles':>10}{'share':>8}")
+    print(f"  {'where the cycles of a token go':<36}{'cycles':>10}{'share':>8}")
     for k, label in (("hbm_busy", "HBM busy"), ("run_hbm_idle", "kernels running, HBM idle"),
                      ("config", "reconfiguration (bitstream loads)"),
+                     ("config_host", "  of which by the host"),
+                     ("config_chip", "  of which on chip (sections)"),
                      ("launch", "host launch overhead"), ("host", "host reads (token, counters)")):
         v = att.get(k, 0)
-        print(f"  {label:<34}{v:>10,.0f}{100 * v / total:>7.1f}%")
-    print(f"  {'total':<34}{total:>10,.0f}")
+        if k == "config_chip" and not v:
+            continue
+        print(f"  {label:<36}{v:>10,.0f}{100 * v / total:>7.1f}%")
+    print(f"  {'total':<36}{total:>10,.0f}")
 
 
 @command("sim", "decode a model on the Verilator chip, bit-exact with the golden model")
@@ -43,15 +51,18 @@ def _sim(parser):
                    help=f"prompt text (default: {DEFAULT_PROMPT!r})")
     g.add_argument("--prompt-ids", metavar="IDS", default=None, help="prompt token ids")
     parser.add_argument("--tokens", type=int, default=32, metavar="N", help="tokens to generate")
-    parser.add_argument("--mode", choices=["op", "layer", "looped"], default="op",
-                        help="op: one kernel per pattern (the mode built so far)")
+    parser.add_argument("--mode", choices=["op", "layer", "looped"], default="looped",
+                        help="looped (default): embedding, one launch of the on-chip layer "
+                             "program for every layer, head program (3 launches/token); layer: "
+                             "one layer-program launch per layer; op: one launch per kernel")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--waves", action="store_true", help="write a VCD of the run")
     parser.add_argument("--launch-overhead", type=int, default=None, metavar="C",
                         help="host launch latency in cycles per launch (default 4000 = 5 us "
                              "at 800 MHz)")
     parser.add_argument("--check", action="store_true",
-                        help="compare every kernel's output with the golden trace (slower)")
+                        help="compare every kernel's output with the golden trace (slower; "
+                             "op mode only)")
     parser.add_argument("--context", type=int, default=None,
                         help="KV-cache positions to allocate (default: the model's max_seq_len)")
 
@@ -65,6 +76,10 @@ def _sim(parser):
 
         if args.tokens < 1:
             raise UserError(f"--tokens must be at least 1, got {args.tokens}")
+        if args.check and args.mode != "op":
+            raise UserError(f"--check compares every kernel's output, which needs --mode op "
+                            f"(mode {args.mode} runs a layer's kernels on chip with no host "
+                            f"step in between)")
         try:
             m = load_model(args.model)
         except (OSError, ModelFormatError) as e:
@@ -100,7 +115,8 @@ def _sim(parser):
         print(f"HBM utilisation:  {100 * res['hbm_utilization']:.1f}% of "
               f"{res['hbm_peak_bytes_per_cycle']} B/cycle ({res['hbm_bytes_per_token']:,.0f} "
               f"B/token)")
-        print(f"launches/token:   {res['kernel_launches_per_token']:.0f}")
+        print(f"launches/token:   {res['kernel_launches_per_token']:.0f} host launches, "
+              f"{res['sections_per_token']:.0f} sections run by the chip's section sequencer")
         print_attribution(res["attribution"])
         print(f"simulation:       {res['sim_cycles']:,.0f} cycles at "
               f"{res['sim_cycles_per_second']:,.0f} cycles/s; build {res['build_seconds']} s"

@@ -10,11 +10,20 @@ Attribution (per generated token, simulated cycles, from the testbench's clock a
 phase and the chip's counters; the parts add up to ``cycles_per_token``):
 
 ``hbm_busy``        cycles in which the HBM controller was serving requests (counter
-                    ``hbm_busy_cycles``), kernels and host reads together
-``run_hbm_idle``    cycles inside kernel calls with HBM idle: pipeline fill before the first
-                    beat returns, drain after the last, dependence stalls, compute
-``config``          bitstream loads (reconfiguration before each kernel in ``op`` mode)
-``launch``          the host's launch overhead (``launch_overhead_cycles`` per launch)
+                    ``hbm_busy_cycles``), at most the run time. In layer/looped mode the
+                    counter also holds the HBM reads of the chip's section loads, which happen
+                    inside ``config`` time, not inside kernels: this figure is then high and
+                    ``run_hbm_idle`` low by those cycles (at most the load reads' bytes /
+                    ``hbm_peak_bytes_per_cycle`` .. ``dma_busy_cycles``); no counter separates
+                    them yet
+``run_hbm_idle``    cycles inside kernel calls / sections with HBM idle: pipeline fill before
+                    the first beat returns, drain after the last, dependence stalls, compute
+``config``          reconfiguration: op mode, the host's bitstream load before each kernel;
+                    layer/looped, the embedding's load, the host's DMA of the position's
+                    section bitstreams and table writes, and the chip's own section loads
+                    inside programs (counter ``config_busy_cycles``)
+``launch``          the host's launch overhead (``launch_overhead_cycles`` per host launch:
+                    every kernel in op mode; embed + program launches in layer/looped)
 ``host``            the rest: reading the next token and the counters back, CSR traffic
 """
 
@@ -45,12 +54,17 @@ def attribution(steps: list, peak: int) -> dict:
                                                               "readback")}
     busy = sum(s["counters"]["hbm_busy_cycles"] for s in steps) / n
     busy_in_run = min(busy, ph["run"])
+    split = {k: sum(s["phases"].get(k, 0.0) for s in steps) / n
+             for k in ("config_host", "config_chip")}
     out = {"cycles": cyc,
            "hbm_busy": busy_in_run,
            "run_hbm_idle": ph["run"] - busy_in_run,
            "config": ph["config"],
            "launch": ph["launch"],
-           "host": cyc - ph["run"] - ph["config"] - ph["launch"]}
+           "host": cyc - ph["run"] - ph["config"] - ph["launch"],
+           # the two parts of "config" (not added again): host loads/DMA, the chip's own loads
+           "config_host": split["config_host"],
+           "config_chip": split["config_chip"]}
     return {k: round(v, 1) for k, v in out.items()}
 
 
@@ -90,13 +104,24 @@ def _progress(path: Path, total: int, prompt_len: int, stop: threading.Event, to
 def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "op", out: Path,
                launch_overhead_cycles: int = LAUNCH_OVERHEAD_DEFAULT, check: bool = False,
                waves: bool = False, params=None, context: int | None = None,
-               progress: bool = True, tokenizer=None, watchdog_cycles: int | None = None) -> dict:
+               progress: bool = True, tokenizer=None, watchdog_cycles: int | None = None,
+               host_prefill: bool = False, corrupt_section: str | None = None) -> dict:
+    """Decode ``tokens`` tokens after ``prompt_ids`` on the Verilator chip in ``mode`` and
+    write ``out/result.json``; returns the result. ``check`` (op mode only) compares every
+    kernel's output with the golden trace. ``host_prefill``: the prompt (all but its last
+    token) runs on the host's golden model and its KV cache is DMA'd into HBM, so the chip
+    only runs the generated tokens' steps (``DecodeRunner.warm_start``). ``corrupt_section``
+    (tests): flip a byte of that static section's bitstream in HBM after the load. Raises
+    :class:`DecodeFailed` (the testbench's error) or ``ValueError`` (bad arguments)."""
     from hdl.chip import Chip
     from hdl.params import DEFAULT_PARAMS
     from sw.frontend import load_model
     from tb.runner import build, check_results, run
 
     p = params or DEFAULT_PARAMS
+    if check and mode != "op":
+        raise ValueError(f"check (per-kernel trace compare) needs op mode, not {mode!r}: the "
+                         f"fused modes run a layer's kernels with no host step in between")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_path)
@@ -111,7 +136,8 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
             "context": context, "prompt_ids": prompt_ids, "tokens": tokens,
             "launch_overhead_cycles": launch_overhead_cycles, "check": check,
             "progress": str(prog_file), "result": str(tb_file),
-            "watchdog_cycles": watchdog_cycles}
+            "watchdog_cycles": watchdog_cycles, "host_prefill": host_prefill,
+            "corrupt_section": corrupt_section}
     stop = threading.Event()
     bar = None
     if progress:
@@ -146,6 +172,7 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
     bytes_tok = sum(_bytes_moved(s, p) for s in gen) / n
     peak = p.hbm_peak_bytes_per_cycle
     launches = sum(s["launches"] for s in gen) / n
+    sections = sum(s["counters"].get("sections", 0) for s in gen) / n
     sim_cycles = tb["sim_cycles"]
     text = tokenizer.decode(tb["tokens"]) if tokenizer is not None else None
     res = {
@@ -164,10 +191,14 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
         "hbm_peak_bytes_per_cycle": peak,
         "hbm_utilization": round(bytes_tok / (cyc * peak), 4) if cyc else 0.0,
         "kernel_launches_per_token": launches,
+        "sections_per_token": sections,
+        "host_prefill": tb.get("host_prefill", {}).get("positions", 0),
         "launch_overhead_cycles": launch_overhead_cycles,
         "sim_cycles": sim_cycles,
         "sim_cycles_per_second": round(sim_cycles / tb["run_wall_seconds"], 1),
         "attribution": attribution(gen, peak),
+        "counters_per_token": {k: round(sum(s["counters"][k] for s in gen) / n, 1)
+                               for k in (gen[0]["counters"] if gen else {})},
         "check": check,
         "compile_seconds": round(tb["compile_seconds"], 3),
         "build_seconds": round(build_s, 1),
@@ -177,6 +208,8 @@ def run_decode(model_path, *, prompt_ids: list[int], tokens: int, mode: str = "o
         "per_token": [{"pos": s["pos"], "token_in": s["token_in"], "next": s["next"],
                        "generated": s["generated"], "cycles": s["cycles"],
                        "phases": s["phases"], "launches": s["launches"],
+                       "chip_launches": s["counters"].get("launches"),
+                       "sections": s["counters"].get("sections", 0),
                        "hbm_bytes": _bytes_moved(s, p)} for s in steps],
         "kernel_cycles_last_token": steps[-1]["kernels"] if steps else [],
     }
