@@ -90,6 +90,8 @@ class Chip(wiring.Component):
             # The section sequencer launches the units of the loaded bitstream's kernel-table
             # entry 0 (its ``units`` bitmap is bytes 32..63 of the entry, sw/bitstream.py).
             cc.kt_addr.eq(0),
+            cc.hold.eq(host.cc_hold), cc.release.eq(host.cc_release),
+            host.cc_held.eq(cc.held),
             host.cc_kt_count.eq(cc.kt_count),
             host.cc_kt_units.eq(cc.kt_data[256:256 + len(self.units)]),
             host.cc_cfg.we.eq(cc.cfg.we), host.cc_cfg.unit.eq(cc.cfg.unit),

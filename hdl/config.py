@@ -22,6 +22,11 @@ Interface (:class:`ConfigController`)
       synchronous read port on the bitstream buffer; reading while busy returns garbage). The
       buffer is overwritten by the next load.
 
+Prefetch: ``hold`` (sampled with ``start``) makes a load stop after every check has passed,
+before the first write, with ``held`` high (``busy`` stays high), until ``release`` is high; a
+refused bitstream still ends at once with ``done`` and its status. The section sequencer
+(``hdl/sections.py``) loads the next section this way while the current one runs.
+
 Guarantee: a refused bitstream issues **no** write on ``cfg``; writes only start after every
 check (including every record's unit and register) has passed.
 
@@ -146,6 +151,9 @@ class ConfigController(wiring.Component):
             "kt_addr": In(8),
             "kt_data": Out(p.beat_bits),
             "kt_count": Out(16),
+            "hold": In(1),
+            "release": In(1),
+            "held": Out(1),
         })
 
     def elaborate(self, platform):
@@ -197,6 +205,7 @@ class ConfigController(wiring.Component):
         kt_count = Signal(16)
         status = Signal(4)
         writes = Signal(16)
+        hold = Signal()
 
         m.d.comb += [self.status.eq(status), self.writes.eq(writes), self.kt_count.eq(kt_count),
                      self.kt_data.eq(rd.data)]
@@ -230,7 +239,7 @@ class ConfigController(wiring.Component):
                                          (self.length - CRC_SIZE) >> 6, 0)),
                         status.eq(ConfigStatus.OK), writes.eq(0), kt_count.eq(0),
                         seen.eq(0), cfg_off.eq(0), cfg_len.eq(0), kt_off.eq(0), kt_len.eq(0),
-                        magic_ok.eq(0),
+                        magic_ok.eq(0), hold.eq(self.hold),
                     ]
                     with m.If(nbeats == 0):
                         m.next = "CHECK"
@@ -346,7 +355,17 @@ class ConfigController(wiring.Component):
                                                                 ConfigStatus.REG_OUT_OF_RANGE))]
                 with m.If(pv_valid & any_bad):
                     fail(code)
+                with m.Elif((v_left == 0) & ~pv_valid & hold):
+                    m.next = "HELD"
                 with m.Elif((v_left == 0) & ~pv_valid):
+                    m.next = "REC_INIT"
+
+            with m.State("HELD"):
+                # A load started with ``hold`` waits here, checked, until ``release``: the
+                # section sequencer prefetches the next section while the current one runs, and
+                # no register may change under a running kernel.
+                m.d.comb += self.held.eq(1)
+                with m.If(self.release):
                     m.next = "REC_INIT"
 
             with m.State("REC_INIT"):

@@ -197,6 +197,9 @@ class HostInterface(wiring.Component):
             "cc_data": Out(stream.Signature(p.beat_bits)),
             "cc_cfg": In(config_bus_signature()),
             "cc_kt_count": In(16),
+            "cc_hold": Out(1),
+            "cc_release": Out(1),
+            "cc_held": In(1),
             "cc_kt_units": In(n),
             # Extension window: reads at EXT_BASE and above are answered by ext_r_data.
             "ext_addr": Out(p.csr_addr_bits),
@@ -241,7 +244,9 @@ class HostInterface(wiring.Component):
             "run_busy_cycles": self.unit_busy.any(),
             "dep_stall_cycles": seq.dep_stall,
             "launches": run_start | prog_start,
-            "config_busy_cycles": self.cc_busy,
+            # configuration time not hidden under compute: the controller loading or
+            # replaying (not holding a prefetched section) while no unit runs
+            "config_busy_cycles": self.cc_busy & ~self.cc_held & ~self.unit_busy.any(),
             "sections": prog.launch,
         }
         for c in range(p.hbm_channels):
@@ -295,7 +300,8 @@ class HostInterface(wiring.Component):
             prog.start.eq(prog_start), prog.first.eq(prog_first),
             prog.sections.eq(prog_sections), prog.iter_base.eq(run_iter),
             prog.iter_count.eq(run_count),
-            prog.dma_done.eq(dma.done),
+            prog.cc_held.eq(self.cc_held),
+            self.cc_hold.eq(prog.cc_hold), self.cc_release.eq(prog.cc_release),
             prog.cc_done.eq(self.cc_done), prog.cc_status.eq(self.cc_status),
             prog.kt_count.eq(self.cc_kt_count), prog.kt_units.eq(self.cc_kt_units),
             prog.run_done.eq(seq.done & ~self.hbm_stats.busy.any()),

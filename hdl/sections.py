@@ -16,35 +16,45 @@ Section table (``params.program_entries`` entries, written by the host through `
     iter_base + iter_count - 1`` (``iter_count`` 0 counts as 1), each running entries
     ``first .. first + sections - 1`` in order.
 
-Per section (one after the other; nothing overlaps)
+Per section
     1. ``LOOKUP`` (2 cycles): read the table entry.
-    2. ``LOAD``: start the DMA engine (HBM -> config controller, ``to_config`` high, ``ceil(length
-       / 64)`` beats from ``addr``) and the config controller (``length``) in the same cycle;
-       wait for both ``dma_done`` and ``cc_done``. The controller checks the whole bitstream
-       (magic, CRC, geometry, records) before it writes a single register, so a corrupt
-       section configures nothing.
+    2. ``LOAD``: start the DMA engine (HBM -> config controller, ``ceil(length / 64)`` beats from
+       ``addr``) and the config controller (``length``) in the same cycle; wait for ``cc_done``.
+       The controller checks the whole bitstream (magic, CRC, geometry, records) before it
+       writes a single register, so a corrupt section configures nothing.
     3. ``KERNEL`` (2 cycles): read the bitstream's kernel table entry 0 (``kt_units``: the unit
        mask) from the controller's buffer.
     4. ``LAUNCH`` (1 cycle): ``launch`` with ``mask`` = those units, ``base`` = the current
        iteration, ``count`` = 1 to the looping sequencer (:mod:`hdl.sequencer`).
     5. ``RUN``: wait for ``run_done`` (every unit done and the memory system quiet: the next
        section may read what this one wrote).
-    A section costs its kernel's run time plus about ``150 (HBM latency) + B + R + 30`` cycles of
-    program load (``B`` beats, ``R`` config records; see :mod:`hdl.config`).
+
+Prefetch (the pipelined part)
+    In the ``LAUNCH`` cycle of a section, if the call has a next section (the next entry, or the
+    first entry of the next iteration), the sequencer starts loading it at once with the config
+    controller's ``hold``: the bitstream streams from HBM and is checked *while the current
+    section runs* (sharing HBM with it), and the controller stops before its first register
+    write. At ``run_done`` the sequencer raises ``release`` and only the replay remains (one
+    config write per record), then ``KERNEL`` and ``LAUNCH``. So inside a call a section
+    boundary costs about ``R + 8`` cycles (``R`` records; :mod:`hdl.config`), while the first
+    section of every call pays the whole load, about ``150 (HBM latency) + B + R + 30`` cycles
+    (``B`` beats): one call per layer (``layer`` mode) pays it at every layer, a looped call once.
 
 Errors (``error`` holds the code from ``done`` until the next ``start``; the host latches it)
     - ``BAD_RANGE``: ``first + sections`` exceeds the table, or ``sections`` is 0 (refused at
       ``start``: nothing runs);
-    - ``BAD_ENTRY``: a section's entry has length 0 or runs past the end of HBM (checked before
+    - ``BAD_ENTRY``: a section's entry has length 0 or runs past the end of HBM (found before
       anything moves: the config controller would otherwise wait for beats that never come);
     - ``NO_KERNEL``: a section's bitstream loaded but holds no kernel table entry;
-    - ``ABORTED``: ``abort`` was high at a section boundary (the host has latched an error: a
-      refused bitstream, a DMA error or a unit error). The section that failed is the one
-      ``entry``/``iteration`` still name.
+    - ``ABORTED``: the host latched an error (``abort``: a refused bitstream, a DMA error, a
+      unit error). The program stops at the next section boundary; ``entry``/``iteration`` name
+      the section that failed (for a refused prefetch: the prefetched one, once the running
+      section has finished).
     ``done`` pulses once per call, also for a refused or aborted call.
 
 Status for the host and the watchdog: ``busy``, ``phase`` (:class:`Phase`), ``entry`` and
-``iteration`` of the section in progress (held after ``done``).
+``iteration`` of the section in progress (held after ``done``). ``to_config`` is high while a
+call is in progress: the DMA engine's read data then feeds the config controller.
 """
 
 import enum
@@ -101,10 +111,12 @@ class SectionSequencer(wiring.Component):
             "dma_start": Out(1),
             "dma_addr": Out(p.hbm_addr_bits + 1),
             "dma_beats": Out(p.hbm_addr_bits + 1),
-            "dma_done": In(1),
             "to_config": Out(1),
             # config controller
             "cc_start": Out(1),
+            "cc_hold": Out(1),
+            "cc_release": Out(1),
+            "cc_held": In(1),
             "cc_length": Out(32),
             "cc_done": In(1),
             "cc_status": In(4),
@@ -138,40 +150,51 @@ class SectionSequencer(wiring.Component):
         first = Signal(8)
         last = Signal(8)                    # last entry of an iteration
         it_end = Signal(IB + 1)             # one past the last iteration
-        entry = Signal(8)
+        entry = Signal(8)                   # section being loaded or run
         iteration = Signal(IB)
-        length = Signal(LENGTH_BITS)
+        nxt_entry = Signal(8)               # the section after it, if ``has_next``
+        nxt_iter = Signal(IB)
+        has_next = Signal()
         error = Signal(3)
-        dma_seen = Signal()
-        cc_seen = Signal()
         mask = Signal(self.n_units)
         beats = Signal(p.hbm_addr_bits + 1)
+        bad_entry = Signal()
+        # prefetch state
+        pf_active = Signal()                # the next section is being (or has been) fetched
+        pf_lookup = Signal()                # its table read is in flight
+        pf_bad = Signal()                   # its entry was refused (nothing fetched)
+        pf_refused = Signal()               # the controller refused it (done with a status)
 
         m.d.comb += [
-            rd.addr.eq(entry),
+            rd.addr.eq(Mux(pf_active, nxt_entry, entry)),
             self.entry.eq(entry), self.iteration.eq(iteration), self.error.eq(error),
-            self.mask.eq(mask), self.cc_length.eq(length),
-            self.dma_addr.eq(rd.data.addr),
+            self.mask.eq(mask),
+            self.dma_addr.eq(rd.data.addr), self.cc_length.eq(rd.data.length),
             beats.eq((rd.data.length + p.beat_bytes - 1) >> (p.beat_bytes.bit_length() - 1)),
             self.dma_beats.eq(beats),
+            bad_entry.eq((rd.data.length == 0) | (rd.data.addr + beats > p.hbm_beats)),
         ]
         m.d.sync += self.done.eq(0)
 
         def finish(code=None):
             if code is not None:
                 m.d.sync += error.eq(code)
-            m.d.sync += self.done.eq(1)
+            m.d.sync += [self.done.eq(1), pf_active.eq(0), pf_lookup.eq(0)]
             m.next = "IDLE"
 
-        with m.FSM(name="phase"):
+        def issue(hold):
+            """Start the DMA and the config controller on the entry ``rd.data`` shows."""
+            m.d.comb += [self.dma_start.eq(1), self.cc_start.eq(1), self.cc_hold.eq(hold)]
+
+        with m.FSM(name="phase") as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.phase.eq(Phase.IDLE)
                 with m.If(self.start):
                     count = Mux(self.iter_count == 0, 1, self.iter_count)
                     m.d.sync += [error.eq(SectionError.OK), entry.eq(self.first),
                                  first.eq(self.first), last.eq(self.first + self.sections - 1),
                                  iteration.eq(self.iter_base),
-                                 it_end.eq(self.iter_base + count)]
+                                 it_end.eq(self.iter_base + count),
+                                 pf_active.eq(0), pf_lookup.eq(0)]
                     with m.If((self.sections == 0)
                               | (self.first + self.sections > p.program_entries)):
                         finish(SectionError.BAD_RANGE)
@@ -179,29 +202,20 @@ class SectionSequencer(wiring.Component):
                         m.next = "LOOKUP"
             with m.State("LOOKUP"):
                 # rd.addr = entry since this cycle: the entry is on rd.data next cycle.
-                m.d.comb += self.phase.eq(Phase.LOOKUP)
                 m.next = "ISSUE"
             with m.State("ISSUE"):
-                m.d.comb += self.phase.eq(Phase.LOAD)
-                with m.If((rd.data.length == 0) | (rd.data.addr + beats > p.hbm_beats)):
+                with m.If(bad_entry):
                     finish(SectionError.BAD_ENTRY)
                 with m.Else():
-                    m.d.comb += [self.dma_start.eq(1), self.cc_start.eq(1), self.to_config.eq(1),
-                                 self.cc_length.eq(rd.data.length)]
-                    m.d.sync += [length.eq(rd.data.length), dma_seen.eq(0), cc_seen.eq(0)]
+                    issue(hold=0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [self.phase.eq(Phase.LOAD), self.to_config.eq(1)]
-                with m.If(self.dma_done):
-                    m.d.sync += dma_seen.eq(1)
+                # cold load, or the replay of a released prefetch
                 with m.If(self.cc_done):
-                    m.d.sync += cc_seen.eq(1)
-                with m.If((dma_seen | self.dma_done) & (cc_seen | self.cc_done)):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                # The host latches a refused bitstream (or a DMA error) in the same cycle the
+                # The host latches a refused bitstream (or a DMA error) in the cycle after the
                 # controller reports it, so ``abort`` is already high here.
-                m.d.comb += self.phase.eq(Phase.KERNEL)
                 with m.If(self.abort | (self.cc_status != 0)):
                     finish(SectionError.ABORTED)
                 with m.Elif(self.kt_count == 0):
@@ -210,24 +224,64 @@ class SectionSequencer(wiring.Component):
                     m.next = "KERNEL"
             with m.State("KERNEL"):
                 # The controller's kernel-table read port shows entry 0 from here on.
-                m.d.comb += self.phase.eq(Phase.KERNEL)
                 m.d.sync += mask.eq(self.kt_units)
+                with m.If(entry != last):
+                    m.d.sync += [nxt_entry.eq(entry + 1), nxt_iter.eq(iteration),
+                                 has_next.eq(1)]
+                with m.Else():
+                    m.d.sync += [nxt_entry.eq(first), nxt_iter.eq(iteration + 1),
+                                 has_next.eq(iteration + 1 != it_end)]
                 m.next = "LAUNCH"
             with m.State("LAUNCH"):
-                m.d.comb += [self.phase.eq(Phase.RUN), self.launch.eq(1)]
+                m.d.comb += self.launch.eq(1)
+                with m.If(has_next):
+                    m.d.sync += [pf_active.eq(1), pf_lookup.eq(1), pf_bad.eq(0),
+                                 pf_refused.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.phase.eq(Phase.RUN)
-                with m.If(self.run_done):
-                    with m.If(self.abort):
+                # prefetch: table read (1 cycle), then issue with hold
+                with m.If(pf_lookup):
+                    m.d.sync += pf_lookup.eq(0)
+                    m.next = "PF_ISSUE"
+                with m.Elif(self.run_done):
+                    m.next = "BOUNDARY"
+            with m.State("PF_ISSUE"):
+                with m.If(bad_entry):
+                    m.d.sync += pf_bad.eq(1)
+                with m.Else():
+                    issue(hold=1)
+                m.next = "RUN"
+            with m.State("BOUNDARY"):
+                # the running section has finished (run_done was high last cycle)
+                with m.If(self.abort & ~pf_refused):
+                    finish(SectionError.ABORTED)
+                with m.Elif(~has_next):
+                    finish()
+                with m.Else():
+                    m.d.sync += [entry.eq(nxt_entry), iteration.eq(nxt_iter)]
+                    with m.If(pf_bad):
+                        finish(SectionError.BAD_ENTRY)
+                    with m.Elif(pf_refused):
                         finish(SectionError.ABORTED)
-                    with m.Elif(entry != last):
-                        m.d.sync += entry.eq(entry + 1)
-                        m.next = "LOOKUP"
-                    with m.Elif(iteration + 1 != it_end):
-                        m.d.sync += [entry.eq(first), iteration.eq(iteration + 1)]
-                        m.next = "LOOKUP"
                     with m.Else():
-                        finish()
-        m.d.comb += self.busy.eq(self.phase != Phase.IDLE)
+                        m.next = "RELEASE"
+            with m.State("RELEASE"):
+                with m.If(pf_refused | self.cc_done):
+                    finish(SectionError.ABORTED)
+                with m.Elif(self.cc_held):
+                    m.d.comb += self.cc_release.eq(1)
+                    m.d.sync += pf_active.eq(0)
+                    m.next = "LOAD"
+
+        # A done from the controller while a prefetch waits is a refusal (a good one holds).
+        with m.If(pf_active & ~fsm.ongoing("LOAD") & self.cc_done):
+            m.d.sync += pf_refused.eq(1)
+
+        for name, ph in (("LOOKUP", Phase.LOOKUP), ("ISSUE", Phase.LOAD), ("LOAD", Phase.LOAD),
+                         ("RELEASE", Phase.LOAD), ("CHECK", Phase.KERNEL),
+                         ("KERNEL", Phase.KERNEL), ("LAUNCH", Phase.RUN), ("RUN", Phase.RUN),
+                         ("PF_ISSUE", Phase.RUN), ("BOUNDARY", Phase.RUN)):
+            with m.If(fsm.ongoing(name)):
+                m.d.comb += self.phase.eq(ph)
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), self.to_config.eq(self.busy)]
         return m

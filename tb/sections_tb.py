@@ -13,9 +13,10 @@ Scenario, each step checked here (the test fails naming the step):
    sections x iterations sections, config controller busy during the loads.
 2. layer: one PROG_START per iteration (count 1): the same bytes; as many launches as
    iterations.
-3. a corrupt section: :class:`ProgramError` naming the entry and BAD_CRC; the state is
-   untouched (the controller wrote nothing); after clearing the error, the good program runs
-   again, bit-exact.
+3. a corrupt section, loaded cold and prefetched behind another section:
+   :class:`ProgramError` naming the entry and BAD_CRC; a cold refusal leaves the state untouched
+   (the controller wrote nothing); after clearing the error, the good program runs again,
+   bit-exact.
 4. the sequencer's own refusals: a range outside the table, an entry past the end of HBM
    (written with raw CSR writes: the driver refuses it itself).
 5. a section whose kernel never finishes: :class:`HangError` naming the section, its phase
@@ -84,6 +85,16 @@ async def sections(dut):
         assert e.entry == bad and "BAD_CRC" in str(e) and f"section {bad}" in str(e), str(e)
     await drv.csr_write(Csr.ERROR, 0)
     assert await state() == initial, "a refused section changed the state"
+    # ... and the same bitstream prefetched while the section before it runs
+    try:
+        await drv.run_program(bad - 1, 2, iteration=0, count=1, cycles=budget, what="prefetch",
+                              names=["addB", "addA (corrupted)"])
+        raise AssertionError("corrupt prefetched section: no error")
+    except ProgramError as e:
+        out["corrupt_prefetched"] = str(e)
+        assert e.entry == bad and "BAD_CRC" in str(e), str(e)
+    await drv.csr_write(Csr.ERROR, 0)
+    await drv.dma_write(st["addr"], initial)
     await drv.run_program(first, n, iteration=0, count=iters, cycles=budget, what="again")
     check("after the corrupt section", await state())
     # 4. the sequencer's refusals

@@ -25,8 +25,13 @@ class Env:
 
 
 def run(table, *, first, sections, base, count, env, max_cycles=50_000, preset_error=False):
+    """Run one program call against models of the DMA + config controller (loads take a random
+    time, a ``hold`` load stops checked until ``release``, the replay takes a random time) and of
+    the looping sequencer (a section runs a random time). Checks on the way: no load starts
+    while the controller is busy, nothing is replayed while a section runs, a launch follows
+    the replay of its own section."""
     dut = SectionSequencer(P, N_UNITS)
-    log = {"loads": [], "launches": [], "done": None}
+    log = {"loads": [], "launches": [], "done": None, "prefetched": 0}
 
     async def bench(ctx):
         for i, (addr, length) in enumerate(table):
@@ -44,42 +49,65 @@ def run(table, *, first, sections, base, count, env, max_cycles=50_000, preset_e
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        dma_due = cc_due = run_due = None
-        loaded = None
+        cc = None                     # controller: {"addr", "hold", "state", "t"}
+        replayed = None               # addr of the last bitstream replayed (configured)
+        run_due = None
         error_latched = preset_error
         for cycle in range(max_cycles):
-            ctx.set(dut.dma_done, int(dma_due == cycle))
-            ctx.set(dut.cc_done, int(cc_due == cycle))
-            ctx.set(dut.run_done, int(run_due is None or cycle >= run_due))
-            if cc_due == cycle:
-                mask, status, kt = env.bitstreams[loaded]
-                ctx.set(dut.cc_status, status)
-                ctx.set(dut.kt_count, kt)
-                ctx.set(dut.kt_units, mask)
-                error_latched |= status != 0
+            running = run_due is not None and cycle < run_due
+            done = held = 0
+            if cc is not None and cc["t"] == cycle:
+                mask, status, kt = env.bitstreams[cc["addr"]]
+                if cc["state"] == "load" and status != 0:
+                    done = 1
+                    ctx.set(dut.cc_status, status)
+                    error_latched = True
+                    cc = None
+                elif cc["state"] == "load" and cc["hold"]:
+                    cc["state"], cc["t"] = "held", None
+                elif cc["state"] == "load":
+                    assert not running, "cold replay while a section runs"
+                    cc["state"], cc["t"] = "replay", cycle + 1 + env.rng.randrange(1, 40)
+                else:                                       # replay finished
+                    done = 1
+                    ctx.set(dut.cc_status, 0)
+                    ctx.set(dut.kt_count, kt)
+                    ctx.set(dut.kt_units, mask)
+                    replayed = cc["addr"]
+                    cc = None
+            held = int(cc is not None and cc["state"] == "held")
+            ctx.set(dut.cc_done, done)
+            ctx.set(dut.cc_held, held)
+            ctx.set(dut.run_done, int(not running))
             ctx.set(dut.abort, int(error_latched))
             if ctx.get(dut.done):
                 log["done"] = cycle
                 log["error"] = SectionError(ctx.get(dut.error))
                 log["entry"], log["iteration"] = ctx.get(dut.entry), ctx.get(dut.iteration)
                 break
-            assert ctx.get(dut.busy)
+            assert ctx.get(dut.busy) and ctx.get(dut.to_config)
+            if ctx.get(dut.cc_release):
+                assert held, "release without a held load"
+                assert not running, "replay released while a section runs"
+                cc["state"], cc["t"] = "replay", cycle + 1 + env.rng.randrange(1, 40)
             if ctx.get(dut.dma_start):
-                assert ctx.get(dut.cc_start) and ctx.get(dut.to_config)
-                assert run_due is None or cycle > run_due, "load while a section still runs"
-                loaded = ctx.get(dut.dma_addr)
-                beats = ctx.get(dut.dma_beats)
-                length = ctx.get(dut.cc_length)
-                assert beats == -(-length // P.beat_bytes)
-                log["loads"].append((cycle, loaded, length, ctx.get(dut.entry),
-                                     ctx.get(dut.iteration)))
-                dma_due = cycle + 1 + env.rng.randrange(1, 200)
-                cc_due = dma_due + env.rng.randrange(1, 50)
-                ctx.set(dut.cc_status, 0)
+                assert ctx.get(dut.cc_start), "DMA and controller start together"
+                assert cc is None, "load started while the controller is busy"
+                addr, length = ctx.get(dut.dma_addr), ctx.get(dut.cc_length)
+                assert ctx.get(dut.dma_beats) == -(-length // P.beat_bytes)
+                hold = ctx.get(dut.cc_hold)
+                log["prefetched"] += hold
+                log["loads"].append((cycle, addr, length, hold))
+                cc = {"addr": addr, "hold": hold, "state": "load",
+                      "t": cycle + 1 + env.rng.randrange(1, 200)}
             if ctx.get(dut.launch):
-                assert cc_due is not None and cycle > cc_due, "launch before the load finished"
+                assert not running, "launch while a section runs"
+                assert replayed is not None, "launch before any replay"
                 log["launches"].append((ctx.get(dut.mask), ctx.get(dut.iteration),
                                         ctx.get(dut.entry)))
+                assert ctx.get(dut.mask) == env.bitstreams[replayed][0], \
+                    "launched units are not those of the section just configured"
+                replayed = None
                 run_due = cycle + 2 + env.rng.randrange(0, 300)
                 if env.bad_unit_at is not None and len(log["launches"]) == env.bad_unit_at + 1:
                     error_latched = True
@@ -113,10 +141,11 @@ def test_sections_run_in_order_for_every_iteration(seed):
               env=Env(bs, seed))
     assert log["error"] == SectionError.OK
     want = [(e, it) for it in range(base, base + count) for e in range(first, first + sections)]
-    assert [(e, it) for _, _, _, e, it in log["loads"]] == want
-    assert [(addr, length) for _, addr, length, _, _ in log["loads"]] == \
+    assert [(addr, length) for _, addr, length, _ in log["loads"]] == \
         [table[e] for e, _ in want]
     assert log["launches"] == [(bs[table[e][0]][0], it, e) for e, it in want]
+    # every section but the first is prefetched while its predecessor runs
+    assert [h for *_, h in log["loads"]] == [0] + [1] * (len(want) - 1)
 
 
 def test_count_zero_counts_as_one():
