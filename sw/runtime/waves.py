@@ -15,12 +15,16 @@ trace): ~8,900 traced signals; 32 MB for loading the model, then ~117 MB per dec
 
 Groups (top to bottom; a signal the VCD does not have is left out, never an error)
 
-``overview``            clk, ``run_done``, sequencer launch/busy/done, config busy, host DMA busy,
+``overview``            clk, ``run_done``, sequencer launch/busy/done, program busy, section phase,
+                        entry and iteration, config busy and held, host DMA busy,
                         each HBM channel's busy, and every unit's busy: the one screen that shows
                         which units a kernel uses and where time goes
 ``host / run control``  sequencer (launch, busy, done, active, dependence stall, base, count,
                         iteration, mask, running units), host run state, CSR strobes, DMA
-``config controller``   start/busy/done, status code, FSM state, config-bus writes
+``section sequencer``   program start/busy/done, phase (1 lookup, 2 load, 3 kernel, 4 run),
+                        section entry and iteration, error, section launches and unit mask,
+                        prefetch (load with hold, held, release)
+``config controller``   start/busy/done, status code, held, FSM state, config-bus writes
 ``HBM``                 one sub-group per channel (request ready = queue has space, request
                         accepted, busy, activate, read/write beats, row miss, refresh stall and
                         command, ports requesting it) and one per port (AGCU i / host DMA:
@@ -326,6 +330,7 @@ def build_groups(h: VcdHeader) -> list[Group]:
     top, dut = cs.top, cs.dut
     sub = (lambda *p: ".".join([dut, *p])) if dut else (lambda *p: None)
     seq, host, dma, cfg = sub("host", "sequencer"), sub("host"), sub("host", "dma"), sub("config")
+    sec = sub("host", "sections")
     memsys, hbm, fabric = sub("memsys"), sub("memsys", "hbm"), sub("fabric")
     agcus = _units(h, memsys, "agcu")
     pcus = _units(h, fabric, "pcu")
@@ -335,7 +340,11 @@ def build_groups(h: VcdHeader) -> list[Group]:
     ov = Group("overview")
     _add(ov, _t(h, top, "clk", "clk", NORMAL), _t(h, top, "run_done", "run_done"),
          _t(h, seq, "launch", "seq launch"), _t(h, seq, "busy", "seq busy"),
-         _t(h, seq, "done", "seq done"), _t(h, cfg, "busy", "config busy"),
+         _t(h, seq, "done", "seq done"), _t(h, sec, "busy", "program busy"),
+         _t(h, sec, "phase", "section phase", NORMAL, "dec"),
+         _t(h, sec, "entry", "section", NORMAL, "dec"),
+         _t(h, sec, "iteration", "section iteration", NORMAL, "dec"),
+         _t(h, cfg, "busy", "config busy"), _t(h, cfg, "held", "config held (prefetched)"),
          _t(h, dma, "busy", "host DMA busy"))
     for c in chans:
         _add(ov, _t(h, f"{hbm}.{c}", "busy", f"HBM {c} busy"))
@@ -362,9 +371,21 @@ def build_groups(h: VcdHeader) -> list[Group]:
          _t(h, top, "h2c__valid", "h2c valid"), _t(h, top, "h2c__ready", "h2c ready"),
          _t(h, top, "c2h__valid", "c2h valid"), _t(h, top, "c2h__ready", "c2h ready"))
 
+    sg = Group("section sequencer")
+    _add(sg, _t(h, sec, "start", "program start"), _t(h, sec, "busy", "program busy"),
+         _t(h, sec, "done", "program done"), _t(h, sec, "phase", "phase", NORMAL, "dec"),
+         _t(h, sec, "entry", "section entry", NORMAL, "dec"),
+         _t(h, sec, "iteration", "iteration", NORMAL, "dec"),
+         _t(h, sec, "error", "error", NORMAL, "dec"),
+         _t(h, sec, "launch", "section launch"), _t(h, sec, "mask", "section units"),
+         _t(h, sec, "cc_hold", "prefetch (load with hold)"),
+         _t(h, sec, "cc_held", "prefetched, held"), _t(h, sec, "cc_release", "release"),
+         _t(h, sec, "to_config", "DMA -> config"))
+
     cc = Group("config controller")
     _add(cc, _t(h, cfg, "start", "config start"), _t(h, cfg, "busy", "config busy"),
          _t(h, cfg, "done", "config done"), _t(h, cfg, "status", "config status"),
+         _t(h, cfg, "held", "config held"),
          _t(h, cfg, "fsm_state", "config state"), _t(h, cfg, "writes", "config writes"),
          _t(h, cfg, "data__valid", "bitstream valid"), _t(h, cfg, "data__ready", "bitstream ready"),
          _t(h, cfg, "cfg__we", "cfg bus write", YELLOW),
@@ -400,7 +421,7 @@ def build_groups(h: VcdHeader) -> list[Group]:
         if g.items:
             hb.items.append(g)
 
-    groups = [ov, hc, cc, hb]
+    groups = [ov, hc, sg, cc, hb]
     for a in agcus:
         s = f"{memsys}.{a}"
         g = Group(a.upper(), closed=False)
