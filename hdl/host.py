@@ -152,7 +152,8 @@ def error_code_unit(unit: int, status: int) -> int:
 
 def counter_names(p: RduParams) -> list[str]:
     names = ["cycles", "hbm_busy_cycles", "dma_busy_cycles", "run_busy_cycles",
-             "dep_stall_cycles", "launches", "config_busy_cycles", "sections"]
+             "dep_stall_cycles", "launches", "config_busy_cycles", "sections", "fill_cycles",
+             "run_hbm_idle_cycles"]
     for c in range(p.hbm_channels):
         names += [f"ch{c}_rd_beats", f"ch{c}_wr_beats", f"ch{c}_refresh_cycles",
                   f"ch{c}_row_misses"]
@@ -237,17 +238,38 @@ class HostInterface(wiring.Component):
         run_start = Signal()                # a RUN_START write: launch a kernel call
         prog_start = Signal()               # a PROG_START write: run a program of sections
         stats = self.hbm_stats
+        # Cycle classes for the attribution (exclusive, in this order): HBM moving a beat;
+        # else configuration not hidden under compute; else units running before the first
+        # beat of their call came (fill: HBM latency exposed); else units running with HBM idle
+        # after it (compute, drain, bubbles); the rest is host and sequencing overhead.
+        beat = Signal()
+        units_busy = Signal()
+        dma_moving = Signal()
+        seen_beat = Signal()                # a kernel beat since the sequencer's last launch
+        m.d.comb += [
+            beat.eq((stats.rd_beat | stats.wr_beat).any()),
+            units_busy.eq(self.unit_busy.any()),
+            dma_moving.eq((dma.mem.rdata.valid & dma.mem.rdata.ready)
+                          | (dma.mem.wdata.valid & dma.mem.wdata.ready)),
+        ]
+        with m.If(seq.launch):
+            m.d.sync += seen_beat.eq(0)
+        with m.Elif(beat & units_busy & ~dma_moving):
+            m.d.sync += seen_beat.eq(1)
+        idle_run = units_busy & ~beat
         events = {
             "cycles": C(1, 1),
-            "hbm_busy_cycles": (stats.rd_beat | stats.wr_beat).any(),
+            "hbm_busy_cycles": beat,
             "dma_busy_cycles": dma.busy,
-            "run_busy_cycles": self.unit_busy.any(),
+            "run_busy_cycles": units_busy,
             "dep_stall_cycles": seq.dep_stall,
             "launches": run_start | prog_start,
             # configuration time not hidden under compute: the controller loading or
-            # replaying (not holding a prefetched section) while no unit runs
-            "config_busy_cycles": self.cc_busy & ~self.cc_held & ~self.unit_busy.any(),
+            # replaying (not holding a prefetched section) while no unit runs or HBM moves
+            "config_busy_cycles": self.cc_busy & ~self.cc_held & ~units_busy & ~beat,
             "sections": prog.launch,
+            "fill_cycles": idle_run & ~seen_beat,
+            "run_hbm_idle_cycles": idle_run & seen_beat,
         }
         for c in range(p.hbm_channels):
             events[f"ch{c}_rd_beats"] = stats.rd_beat[c]

@@ -294,3 +294,35 @@ def test_h2c_routes_to_config_controller():
         assert await csr_read(ctx, dut, Csr.ERROR) == 0x35
         assert (await csr_read(ctx, dut, Csr.CONFIG_STATUS) >> 4) & 0xF == 5
     simulate(bench)
+
+
+def test_attribution_counters_split_fill_from_idle_running():
+    """Units busy with no HBM beat yet since the launch count as fill; after the first beat,
+    idle HBM counts as run_hbm_idle; a beat cycle counts as HBM busy only; a new launch starts
+    a new fill."""
+    names = counter_names(P)
+
+    async def read(ctx, dut, name):
+        return await csr_read(ctx, dut, Csr.COUNTER_BASE + 2 * names.index(name))
+
+    async def bench(ctx, dut, target):
+        await csr_write(ctx, dut, Csr.RUN_MASK0, 0b1)
+        await csr_write(ctx, dut, Csr.CONTROL, 1)           # clear the counters
+        await csr_write(ctx, dut, Csr.RUN_START, 1)
+        ctx.set(dut.unit_busy, 1)
+        await ctx.tick().repeat(5)                          # fill
+        ctx.set(dut.hbm_stats.rd_beat, 1)
+        await ctx.tick().repeat(2)                          # HBM busy
+        ctx.set(dut.hbm_stats.rd_beat, 0)
+        await ctx.tick().repeat(3)                          # running, HBM idle
+        ctx.set(dut.unit_busy, 0)
+        got = {n: await read(ctx, dut, n) for n in ("fill_cycles", "hbm_busy_cycles",
+                                                    "run_hbm_idle_cycles")}
+        assert got == {"fill_cycles": 5, "hbm_busy_cycles": 2, "run_hbm_idle_cycles": 3}, got
+        await csr_write(ctx, dut, Csr.RUN_START, 1)         # a new call: fill again
+        ctx.set(dut.unit_busy, 1)
+        await ctx.tick().repeat(4)
+        ctx.set(dut.unit_busy, 0)
+        assert await read(ctx, dut, "fill_cycles") == 9
+        assert await read(ctx, dut, "run_hbm_idle_cycles") == 3
+    simulate(bench)
