@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HF_STAMP := $(VENV)/.installed-hf
 JOBS   ?= 2
 
-.PHONY: sim test test-fast bench-hbm clean venv
+.PHONY: sim test test-fast bench-hbm bench clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-fast: $(STAMP)
 
 bench-hbm: $(STAMP)
 	$(VENV)/bin/rdu bench-hbm
+
+# op vs layer vs looped decode, sweeps, simulator speed, plots -> sim_results/bench/ (~30 min;
+# `make bench BENCH_ARGS=--quick` for the 5-minute smoke run)
+bench: $(STAMP)
+	$(VENV)/bin/rdu bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build sim_build sim_results/*
