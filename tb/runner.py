@@ -112,6 +112,46 @@ def _verilog_text(component, name: str) -> tuple[str, list[str]]:
     return text + "\n" + extra.verilog(), extra.verilator_config_lines()
 
 
+class StaleSourcesError(RuntimeError):
+    """An HDL source changed after this process imported it: its Verilog would come from the
+    old code in memory while the cache key (from the files) names the new one."""
+
+
+def _process_start_time() -> float | None:
+    """Wall-clock time this process started (Linux ``/proc``), or ``None`` elsewhere."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                     if ln.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _check_sources_not_stale():
+    """Refuse to build when an imported ``hdl`` module's file changed after this process started
+    (someone edited the RTL while a long test session or CLI run was going): the cache key would
+    describe the new files while the Verilog comes from the old modules in memory, and every
+    later process would reuse that wrong build."""
+    start = _process_start_time()
+    if start is None:
+        return
+    stale = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if not f or not (name == "hdl" or name.startswith("hdl.")):
+            continue
+        try:
+            if os.path.getmtime(f) > start + 1.0:
+                stale.append(Path(f).name)
+        except OSError:
+            continue
+    if stale:
+        raise StaleSourcesError(f"hdl sources changed after this process started "
+                                f"({', '.join(sorted(stale))}): restart it to build the RTL "
+                                f"as it is now")
+
+
 def _source_fingerprint(component) -> str:
     """Hash of everything that can change the generated Verilog without changing the arguments:
     the HDL sources (``hdl/``, and the module defining ``component``'s class) and the Amaranth
@@ -201,6 +241,7 @@ def build(component, name: str, *, key: str = "", waves: bool = False, extra_arg
     environment traces everything.
     """
     verilator_env()
+    _check_sources_not_stale()
     flags = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "--x-assign", "fast",
              "--x-initial", "fast", "-O3", *extra_args]
     trace = ""
