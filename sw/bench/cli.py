@@ -42,6 +42,8 @@ def _bench(parser):
     def run(args):
         from sw.bench.decode import FULL, QUICK, BenchError, headline_table, run_bench
         plan = QUICK if args.quick else FULL
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"--out {args.out} is a file, not a folder")
         print(f"rdu bench ({plan.name}) -> {args.out}/  (the chip's Verilator build is cached "
               f"after the first one)", flush=True)
         try:

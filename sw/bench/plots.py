@@ -20,26 +20,40 @@ __all__ = ["write_all", "roofline", "attribution", "launch_sweep_plot", "sweeps_
 
 MODE_COLOURS = {"op": "#d62728", "layer": "#ff7f0e", "looped": "#2ca02c"}
 SHAPE_MARKERS = ["o", "s", "^", "D", "v"]
-PART_COLOURS = {"hbm_busy": "#1f77b4", "run_hbm_idle": "#aec7e8", "config": "#9467bd",
-                "config_host": "#9467bd", "config_chip": "#c5b0d5", "launch": "#d62728",
-                "host": "#7f7f7f"}
+PART_COLOURS = {"hbm_busy": "#1f77b4", "run_hbm_idle": "#aec7e8", "fill": "#6baed6",
+                "after_fill": "#c6dbef", "config": "#9467bd", "config_host": "#9467bd",
+                "config_chip": "#c5b0d5", "launch": "#d62728", "host": "#7f7f7f",
+                "other": "#bcbd22"}
 DARK_PARTS = {"hbm_busy", "config", "config_host", "launch", "host"}
-PART_LABELS = {"hbm_busy": "HBM busy", "run_hbm_idle": "kernels running, HBM idle",
+PART_LABELS = {"hbm_busy": "HBM moving a beat",
+               "run_hbm_idle": "units running, HBM idle",
+               "fill": "units waiting for a call's first beat (HBM latency)",
+               "after_fill": "units running, HBM idle after the first beat",
                "config": "reconfiguration", "config_host": "reconfiguration by the host",
                "config_chip": "reconfiguration by the chip (sections)",
-               "launch": "host launch overhead", "host": "host reads (token, counters)"}
+               "launch": "host launch overhead", "host": "host (CSRs, DMA set-up, read-back)",
+               "other": "other (see the run's result.json)"}
+
+
+def _split(att: dict, whole: str, parts: tuple) -> list[str]:
+    """``parts`` if the run reports them and they add up to ``whole``, else ``[whole]``."""
+    if all(k in att for k in parts) and abs(sum(att[k] for k in parts) - att[whole]) <= 1.0:
+        return list(parts)
+    return [whole]
 
 
 def attribution_parts(att: dict) -> list[tuple[str, str, float]]:
     """``(key, label, cycles)`` of a run's attribution (:func:`sw.runtime.sim.attribution`) in
-    stacking order; the parts add up to ``att["cycles"]``. ``config`` is shown as its two parts
-    (host loads, the chip's own section loads) when the run reports them and they add up."""
-    cfg = ["config"]
-    if "config_host" in att and "config_chip" in att and \
-            abs(att["config_host"] + att["config_chip"] - att["config"]) <= 1.0:
-        cfg = ["config_host", "config_chip"]
-    keys = ["hbm_busy", "run_hbm_idle", *cfg, "launch", "host"]
-    return [(k, PART_LABELS[k], float(att.get(k, 0.0))) for k in keys]
+    stacking order; the parts add up to ``att["cycles"]``. ``run_hbm_idle`` and ``config`` are
+    shown as their parts (fill / after the first beat; by the host / by the chip) when the run
+    reports them and they add up; a remainder no known part explains is shown as ``other``."""
+    keys = ["hbm_busy", *_split(att, "run_hbm_idle", ("fill", "after_fill")),
+            *_split(att, "config", ("config_host", "config_chip")), "launch", "host"]
+    parts = [(k, PART_LABELS[k], float(att.get(k, 0.0))) for k in keys]
+    rest = float(att.get("cycles", 0.0)) - sum(c for _, _, c in parts)
+    if abs(rest) > 1.0:             # a part this module does not know yet: keep the sum honest
+        parts.append(("other", PART_LABELS["other"], rest))
+    return parts
 
 
 def _plt():
@@ -108,7 +122,7 @@ def attribution(modes_json: dict, path: Path) -> str:
     split = {m: attribution_parts(r["attribution"]) for m, r in modes.items()}
     present = {k for m in names for k, _, _ in split[m]}
     parts = [k for k in PART_LABELS if k in present]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 5.4))
     for ax, share in ((ax1, False), (ax2, True)):
         bottom = [0.0] * len(names)
         for part in parts:
@@ -136,10 +150,11 @@ def attribution(modes_json: dict, path: Path) -> str:
             ax.set_ylabel("share of the token's cycles (%)")
             ax.set_title("shares")
             ax.set_ylim(0, 100)
-    ax1.legend(fontsize=8, loc="upper right")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(f"{d['name']}: where the cycles of a token go (launch overhead "
                  f"{modes_json['launch_overhead_cycles']:,} cycles/launch)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path).name
