@@ -40,6 +40,9 @@ def _check(res, n_tokens, mode=None, n_layers=None):
     parts = sum(att[k] for k in ("hbm_busy", "run_hbm_idle", "config", "launch", "host"))
     assert abs(parts - att["cycles"]) < 1.0, att
     assert abs(att["config_host"] + att["config_chip"] - att["config"]) < 1.0, att
+    assert abs(att["fill"] + att["after_fill"] - att["run_hbm_idle"]) < 1.0, att
+    assert min(att[k] for k in ("hbm_busy", "run_hbm_idle", "config", "launch", "host",
+                                "config_host", "config_chip", "fill", "after_fill")) >= 0, att
     assert 0 < res["hbm_utilization"] < 1
     if mode is not None:
         launches = {"op": 1 + 17 * n_layers + 3, "layer": 1 + n_layers + 1, "looped": 3}[mode]
@@ -157,3 +160,16 @@ def test_check_needs_op_mode(tmp_path):
     with pytest.raises(ValueError, match="check .* needs op mode"):
         run_decode(MODEL, prompt_ids=[1], tokens=1, mode="looped", out=tmp_path,
                    progress=False, check=True)
+
+
+def test_decode_watchdog_names_stuck_section(tmp_path):
+    """looped: a program that does not finish within its budget (capped at 3,000 cycles: the
+    embedding call finishes, the 5-layer program needs ~30,000) fails naming the program, the
+    section and iteration in progress, its phase and the units still busy."""
+    with pytest.raises(DecodeFailed, match=r"watchdog: pos 0 program layer \(layers\) not done "
+                                           r"after 3000 cycles: section \d+ \(\w+\), iteration "
+                                           r"0, phase [A-Z]+: "):
+        run_decode(MODEL, prompt_ids=[1], tokens=1, mode="looped", out=tmp_path,
+                   progress=False, watchdog_cycles=3000)
+    res = json.loads((tmp_path / "tb_result.json").read_text())
+    assert "HangError" in res["error"]

@@ -30,11 +30,15 @@ def default_out(kind: str) -> Path:
 def print_attribution(att: dict) -> None:
     total = att.get("cycles") or 1
     print(f"  {'where the cycles of a token go':<36}{'cycles':>10}{'share':>8}")
-    for k, label in (("hbm_busy", "HBM busy"), ("run_hbm_idle", "kernels running, HBM idle"),
-                     ("config", "reconfiguration (bitstream loads)"),
-                     ("config_host", "  of which by the host"),
-                     ("config_chip", "  of which on chip (sections)"),
-                     ("launch", "host launch overhead"), ("host", "host reads (token, counters)")):
+    for k, label in (("hbm_busy", "HBM busy (moving beats)"),
+                     ("run_hbm_idle", "kernels running, HBM idle"),
+                     ("fill", "  before a call's first beat"),
+                     ("after_fill", "  after it"),
+                     ("config", "reconfiguration (not hidden)"),
+                     ("config_host", "  bitstreams from the host"),
+                     ("config_chip", "  sections loaded by the chip"),
+                     ("launch", "host launch overhead"),
+                     ("host", "host (CSRs, DMA set-up, read-back)")):
         v = att.get(k, 0)
         if k == "config_chip" and not v:
             continue

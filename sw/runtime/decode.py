@@ -38,11 +38,14 @@ call or a program launch), the same in every mode. The host launches synchronous
 previous launch's done), so the chip is idle meanwhile; the runner charges it per launch
 instead of simulating idle cycles.
 
-Timing per token (``step``'s figures, simulated cycles): ``phases``
+Timing per token (``step``'s figures, simulated cycles): ``counters`` (the chip's counter deltas
+over the step: ``sw/runtime/sim.py`` builds the attribution from them) and ``phases`` from the
+host's clock:
 
 - ``config``: host bitstream loads (op calls, the embedding), the host's DMA of section updates
   and table writes (``config_host`` holds these), plus the chip's own section loads inside
-  programs (``config_chip``: the ``config_busy_cycles`` counter over the programs);
+  programs (``config_chip``: the ``config_busy_cycles`` counter read before the first program
+  launch and after the last);
 - ``run``: the calls' and programs' time minus ``config_chip``;
 - ``readback``: reading the next token; ``launch``: the charged launch overhead.
 
@@ -114,7 +117,8 @@ class DecodeRunner:
         self.drv, self.prog = drv, program
         self.launch_overhead_cycles = int(launch_overhead_cycles)
         self.check = check
-        self.watchdog_cycles = watchdog_cycles    # caps every kernel's own budget (tests)
+        # caps every kernel call's and every program launch's budget (tests)
+        self.watchdog_cycles = watchdog_cycles
         self.log = log or (lambda msg: None)
         self._trace: dict = {}
         self.golden = GoldenDecoder(program.qm, trace=self._record)
@@ -218,10 +222,11 @@ class DecodeRunner:
                 await drv.write_program_table([(addr, n)], first=entry)
                 self._table[entry] = (addr, n)
         c1 = self._cycles()
+        budget = launch.budget(CONFIG_CYCLES_PER_SECTION)
+        if self.watchdog_cycles is not None:
+            budget = min(budget, self.watchdog_cycles)
         await drv.run_program(launch.first, launch.n_sections, iteration=launch.iteration,
-                              count=launch.count,
-                              cycles=launch.budget(CONFIG_CYCLES_PER_SECTION,
-                                                   cap=self.watchdog_cycles),
+                              count=launch.count, cycles=budget,
                               what=f"pos {pos} program {launch.program} ({launch.label})",
                               names=launch.section_names)
         c2 = self._cycles()

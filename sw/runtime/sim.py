@@ -6,25 +6,26 @@ it draws a progress bar from the testbench's per-step progress file, and turns t
 testbench's raw figures into the result (fields of DESIGN.md section 6) and the per-token
 cycle attribution.
 
-Attribution (per generated token, simulated cycles, from the testbench's clock around each
-phase and the chip's counters; the parts add up to ``cycles_per_token``):
+Attribution (per generated token, simulated cycles; the parts add up to ``cycles_per_token``).
+The chip's counters (``hdl/host.py``) sort every cycle into exclusive classes, in this order,
+and the step's counter deltas give the parts:
 
-``hbm_busy``        cycles in which the HBM controller was serving requests (counter
-                    ``hbm_busy_cycles``), at most the run time. In layer/looped mode the
-                    counter also holds the HBM reads of the chip's section loads, which happen
-                    inside ``config`` time, not inside kernels: this figure is then high and
-                    ``run_hbm_idle`` low by those cycles (at most the load reads' bytes /
-                    ``hbm_peak_bytes_per_cycle`` .. ``dma_busy_cycles``); no counter separates
-                    them yet
-``run_hbm_idle``    cycles inside kernel calls / sections with HBM idle: pipeline fill before
-                    the first beat returns, drain after the last, dependence stalls, compute
-``config``          reconfiguration: op mode, the host's bitstream load before each kernel;
-                    layer/looped, the embedding's load, the host's DMA of the position's
-                    section bitstreams and table writes, and the chip's own section loads
-                    inside programs (counter ``config_busy_cycles``)
+``hbm_busy``        HBM moving a beat (counter ``hbm_busy_cycles``): kernel traffic, and also the
+                    DMA's beats (the section bitstreams the chip loads, the host's section
+                    updates, the token read-back)
+``config``          configuration not hidden under compute (``config_busy_cycles``: the config
+                    controller loading or replaying while no unit runs and no beat moves).
+                    ``config_chip``: its part inside programs (the chip's own section loads,
+                    read around the programs); ``config_host``: the rest (the host's bitstream
+                    loads: every kernel in op mode, the embedding in layer/looped). Not added
+                    again: ``config = config_host + config_chip``
+``run_hbm_idle``    units running with HBM idle (``fill_cycles + run_hbm_idle_cycles``):
+                    ``fill`` before the first beat of a call (HBM latency exposed),
+                    ``after_fill`` after it (compute, drain, bubbles); not added again
 ``launch``          the host's launch overhead (``launch_overhead_cycles`` per host launch:
                     every kernel in op mode; embed + program launches in layer/looped)
-``host``            the rest: reading the next token and the counters back, CSR traffic
+``host``            the rest of the step: CSR traffic and DMA set-up of the host, sequencing
+                    gaps, reading the next token back
 """
 
 from __future__ import annotations
@@ -49,22 +50,27 @@ def attribution(steps: list, peak: int) -> dict:
     if not steps:
         return {}
     n = len(steps)
-    cyc = sum(s["cycles"] for s in steps) / n
-    ph = {k: sum(s["phases"][k] for s in steps) / n for k in ("config", "launch", "run",
-                                                              "readback")}
-    busy = sum(s["counters"]["hbm_busy_cycles"] for s in steps) / n
-    busy_in_run = min(busy, ph["run"])
-    split = {k: sum(s["phases"].get(k, 0.0) for s in steps) / n
-             for k in ("config_host", "config_chip")}
+
+    def avg(get):
+        return sum(get(s) for s in steps) / n
+    cyc = avg(lambda s: s["cycles"])
+    launch = avg(lambda s: s["phases"]["launch"])
+    busy = avg(lambda s: s["counters"]["hbm_busy_cycles"])
+    config = avg(lambda s: s["counters"]["config_busy_cycles"])
+    chip = avg(lambda s: s["phases"].get("config_chip", 0.0))
+    fill = avg(lambda s: s["counters"]["fill_cycles"])
+    after = avg(lambda s: s["counters"]["run_hbm_idle_cycles"])
     out = {"cycles": cyc,
-           "hbm_busy": busy_in_run,
-           "run_hbm_idle": ph["run"] - busy_in_run,
-           "config": ph["config"],
-           "launch": ph["launch"],
-           "host": cyc - ph["run"] - ph["config"] - ph["launch"],
-           # the two parts of "config" (not added again): host loads/DMA, the chip's own loads
-           "config_host": split["config_host"],
-           "config_chip": split["config_chip"]}
+           "hbm_busy": busy,
+           "run_hbm_idle": fill + after,
+           "config": config,
+           "launch": launch,
+           "host": cyc - busy - fill - after - config - launch,
+           # parts of "config" and of "run_hbm_idle" (not added again)
+           "config_host": config - chip,
+           "config_chip": chip,
+           "fill": fill,
+           "after_fill": after}
     return {k: round(v, 1) for k, v in out.items()}
 
 
