@@ -209,23 +209,29 @@ def sweeps_plot(sweeps: dict, path: Path) -> str:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
     ctx = sweeps.get("context") or []
     if ctx:
+        labelled: set = set()
         for mode in dict.fromkeys(r["mode"] for r in ctx):
             rows = [r for r in ctx if r["mode"] == mode]
             ax1.plot([r["cached_positions"] for r in rows],
                      [100 * r["hbm_utilization"] for r in rows], marker="o",
                      color=MODE_COLOURS.get(mode), label=f"{mode}")
             for r in rows:
+                key = (r["cached_positions"], r["hbm_bytes_per_token"])
+                if key in labelled:        # the same bytes as a mode already labelled here
+                    continue
+                labelled.add(key)
                 ax1.annotate(f"{r['hbm_bytes_per_token'] / 1000:.0f} kB", (r["cached_positions"],
                              100 * r["hbm_utilization"]), textcoords="offset points",
-                             xytext=(0, -12), ha="center", fontsize=6,
+                             xytext=(0, 6), ha="center", fontsize=6,
                              color=MODE_COLOURS.get(mode))
             ax1.plot([r["cached_positions"] for r in rows],
                      [100 * r["hbm_utilization_chip_busy"] for r in rows], marker=".", ls=":",
                      color=MODE_COLOURS.get(mode), label=f"{mode}, launch wait left out")
         ax1.set_xlabel("positions in the KV cache before the token")
         ax1.set_ylabel("HBM utilisation (% of peak)")
-        ax1.legend(fontsize=7)
-        ax1.set_ylim(bottom=0)
+        top = max(100 * max(r["hbm_utilization"], r["hbm_utilization_chip_busy"]) for r in ctx)
+        ax1.set_ylim(0, top * 1.45)
+        ax1.legend(fontsize=7, loc="upper left", ncol=2)
     else:
         ax1.text(0.5, 0.5, "context sweep skipped\n" + sweeps.get("context_skipped", ""),
                  ha="center", va="center", fontsize=8, wrap=True, transform=ax1.transAxes)
@@ -235,18 +241,21 @@ def sweeps_plot(sweeps: dict, path: Path) -> str:
     modes = list(dict.fromkeys(r["mode"] for r in bw))
     width = 0.8 / max(len(modes), 1)
     for j, mode in enumerate(modes):
-        vals = []
+        vals, cyc = [], []
         for c in chans:
             row = next((r for r in bw if r["hbm_channels"] == c and r["mode"] == mode), None)
             vals.append(100 * row["hbm_utilization"] if row else 0)
+            cyc.append(row["cycles_per_token"] if row else 0)
         xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(chans))]
         ax2.bar(xs, vals, width, color=MODE_COLOURS.get(mode), label=mode)
-        for x, v in zip(xs, vals):
-            ax2.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+        for x, v, cy in zip(xs, vals, cyc):
+            ax2.text(x, v, f"{v:.1f}%\n{cy / 1000:.0f}k", ha="center", va="bottom", fontsize=6)
     peaks = {r["hbm_channels"]: r["hbm_peak_bytes_per_cycle"] for r in bw}
     ax2.set_xticks(range(len(chans)), [f"{c} ch\n{peaks[c]} B/cycle" for c in chans])
     ax2.set_ylabel("HBM utilisation (% of peak)")
-    ax2.set_title("HBM bandwidth sweep")
+    ax2.set_title("HBM bandwidth sweep (labels: utilisation, cycles/token)")
+    if bw:
+        ax2.set_ylim(0, 100 * max(r["hbm_utilization"] for r in bw) * 1.25)
     if modes:
         ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
