@@ -35,7 +35,8 @@ test-fast: $(STAMP)
 bench-hbm: $(STAMP)
 	$(VENV)/bin/rdu bench-hbm
 
-# op vs layer vs looped decode, sweeps, simulator speed, plots -> sim_results/bench/ (~30 min;
+# op vs layer vs looped decode, sweeps, simulator speed, plots -> sim_results/bench/ (~15 min,
+# half of it the Verilator builds of the 1- and 4-channel chips;
 # `make bench BENCH_ARGS=--quick` for the 5-minute smoke run)
 bench: $(STAMP)
 	$(VENV)/bin/rdu bench $(BENCH_ARGS)

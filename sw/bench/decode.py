@@ -21,11 +21,17 @@ launch-overhead sweep, which is exact arithmetic on those runs (below). Files in
 ``SUMMARY.md``        the tables.
 ``runs/``             each decode's own ``result.json`` (``rdu sim``'s format).
 
+Plans. ``FULL`` (``rdu bench``): 3 tokens per (shape, mode), three shapes, contexts 0..255 in
+every mode, 1/2/4 HBM channels; measured 14 min on 2 cores, 7 of them the two extra Verilator
+builds. ``QUICK`` (``--quick``, the CI smoke run): the default model, 1 token per mode, contexts
+0 and 192 in looped mode, the default chip only (no new build); 1.7 min with the build cached.
+
 Launch overhead. The runtime charges ``launch_overhead_cycles`` per host launch without
 simulating it: the host launches synchronously, so the chip is idle meanwhile, and nothing on
 the chip depends on how long it waited. A run at overhead ``L0`` therefore gives every other
 overhead exactly:  cycles_per_token(L) = cycles_per_token(L0) + launches_per_token * (L - L0).
-``tests/test_bench.py`` checks this against a second real run.
+``tb/test_bench.py`` checks this against a second real run, and the full bench against one
+more run at overhead 0 (``launch_sweep.json`` ``verified``).
 
 Ops per token (roofline x axis, with the measured HBM bytes): 2 x the multiply-accumulates of
 the step's matrix-vector products and attention (Q/K/V/O, gate/up/down, LM head; q.k and the
