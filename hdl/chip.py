@@ -143,6 +143,9 @@ class Chip(wiring.Component):
         # Latency monitors on every HBM client, read through the extension window: the DMA
         # engine at its HBM port, the AGCUs at their read streams' HBM ports.
         taps = [host.mem] + [memsys.agcu_mem_port(i) for i in range(p.n_agcus)]
+        m.d.comb += host.kernel_beat.eq(Cat(
+            (t.rdata.valid & t.rdata.ready) | (t.wdata.valid & t.wdata.ready)
+            for t in taps[1:]).any())
         monitors = []
         for i, port in enumerate(taps):
             mon = LatencyMonitor(p, bins=LATENCY_BINS, bin_cycles=LATENCY_BIN_CYCLES)

@@ -207,6 +207,9 @@ class HostInterface(wiring.Component):
             "ext_r_en": Out(1),
             "ext_r_data": In(32),
             "counters_clear": Out(1),
+            # a kernel's own HBM traffic this cycle (any AGCU port moving a beat), for the
+            # fill counter: the section sequencer's bitstream prefetch must not end a fill
+            "kernel_beat": In(1),
         })
 
     def elaborate(self, platform):
@@ -244,17 +247,14 @@ class HostInterface(wiring.Component):
         # after it (compute, drain, bubbles); the rest is host and sequencing overhead.
         beat = Signal()
         units_busy = Signal()
-        dma_moving = Signal()
         seen_beat = Signal()                # a kernel beat since the sequencer's last launch
         m.d.comb += [
             beat.eq((stats.rd_beat | stats.wr_beat).any()),
             units_busy.eq(self.unit_busy.any()),
-            dma_moving.eq((dma.mem.rdata.valid & dma.mem.rdata.ready)
-                          | (dma.mem.wdata.valid & dma.mem.wdata.ready)),
         ]
         with m.If(seq.launch):
             m.d.sync += seen_beat.eq(0)
-        with m.Elif(beat & units_busy & ~dma_moving):
+        with m.Elif(self.kernel_beat):
             m.d.sync += seen_beat.eq(1)
         idle_run = units_busy & ~beat
         events = {

@@ -297,7 +297,7 @@ def test_h2c_routes_to_config_controller():
 
 
 def test_attribution_counters_split_fill_from_idle_running():
-    """Units busy with no HBM beat yet since the launch count as fill; after the first beat,
+    """Units busy with no kernel HBM beat yet since the launch count as fill; after the first,
     idle HBM counts as run_hbm_idle; a beat cycle counts as HBM busy only; a new launch starts
     a new fill."""
     names = counter_names(P)
@@ -311,9 +311,12 @@ def test_attribution_counters_split_fill_from_idle_running():
         await csr_write(ctx, dut, Csr.RUN_START, 1)
         ctx.set(dut.unit_busy, 1)
         await ctx.tick().repeat(5)                          # fill
-        ctx.set(dut.hbm_stats.rd_beat, 1)
-        await ctx.tick().repeat(2)                          # HBM busy
+        ctx.set(dut.hbm_stats.rd_beat, 1)                   # a beat, but not a kernel's
+        await ctx.tick().repeat(1)                          # (a bitstream prefetch):
+        ctx.set(dut.kernel_beat, 1)                         # HBM busy, still a fill
+        await ctx.tick().repeat(1)
         ctx.set(dut.hbm_stats.rd_beat, 0)
+        ctx.set(dut.kernel_beat, 0)
         await ctx.tick().repeat(3)                          # running, HBM idle
         ctx.set(dut.unit_busy, 0)
         got = {n: await read(ctx, dut, n) for n in ("fill_cycles", "hbm_busy_cycles",
