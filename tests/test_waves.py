@@ -435,3 +435,19 @@ def test_lean_trace_config():
     assert lines == ['tracing_off -scope "*.shared"', 'tracing_off -scope "*.latency*"',
                      'tracing_off -file "*/rdu_chip.v" -lines 2-5',
                      'tracing_off -file "*/rdu_chip.v" -lines 9-9']
+
+
+@pytest.mark.parametrize("scope", ["sections", "sections$216"])
+def test_section_sequencer_group_under_either_scope_name(tmp_path, scope):
+    """Amaranth names the host's section sequencer ``sections`` or ``sections$N``: the group
+    finds it under either, with the signals a person follows in a looped decode."""
+    sec = f"rdu_chip.dut.host.{scope}"
+    sig = chip_signals() + [(sec, n, w) for n, w in (("busy", 1), ("phase", 3), ("entry", 8),
+                                                     ("iteration", 16), ("cc_held", 1))]
+    vcd = tmp_path / "s.vcd"
+    write_vcd(vcd, sig)
+    info = write_gtkw(vcd, tmp_path / "s.gtkw")
+    names = gtkw_traces((tmp_path / "s.gtkw").read_text())
+    assert info["groups"].get("section sequencer") == 5
+    assert f"{sec}.entry[7:0]" in names and f"{sec}.iteration[15:0]" in names
+    assert set(names) <= vcd_names(vcd)

@@ -330,7 +330,10 @@ def build_groups(h: VcdHeader) -> list[Group]:
     top, dut = cs.top, cs.dut
     sub = (lambda *p: ".".join([dut, *p])) if dut else (lambda *p: None)
     seq, host, dma, cfg = sub("host", "sequencer"), sub("host"), sub("host", "dma"), sub("config")
-    sec = sub("host", "sections")
+    # Amaranth renames the host's ``sections`` submodule (``sections$N``) when a signal of the
+    # same name exists in its scope: take whichever the VCD has.
+    sec = next((f"{sub('host')}.{c}" for c in (h.children(sub("host")) if dut else ())
+                if re.fullmatch(r"sections(\$\d+)?", c)), None)
     memsys, hbm, fabric = sub("memsys"), sub("memsys", "hbm"), sub("fabric")
     agcus = _units(h, memsys, "agcu")
     pcus = _units(h, fabric, "pcu")
