@@ -235,19 +235,13 @@ class AmaranthChipDriver:
                     raise ChipError(0, "chip was built for other RduParams")
 
             async def wait_until(self, signal, *, cycles: int, what: str, describe=None):
-                from sw.runtime.driver import HangError
+                from sw.runtime.driver import hang_error
                 for _ in range(cycles + 1):
                     if signal.value:
                         await self.tick()
                         return
                     await self.tick()
-                state = ""
-                if describe is not None:
-                    state = describe()
-                    if hasattr(state, "__await__"):
-                        state = await state
-                    state = f": {state}"
-                raise HangError(f"watchdog: {what} not done after {cycles} cycles{state}")
+                raise await hang_error(what, cycles, describe)
 
         return _Driver()
 

@@ -36,6 +36,18 @@ class HangError(RuntimeError):
     """A wait exceeded its cycle budget; the message names the unit that is stuck."""
 
 
+async def hang_error(what: str, cycles: int, describe=None) -> HangError:
+    """The watchdog's :class:`HangError` for ``what`` after ``cycles``; ``describe()`` (sync or
+    async) supplies the stuck unit's state for the message."""
+    state = ""
+    if describe is not None:
+        state = describe()
+        if hasattr(state, "__await__"):
+            state = await state
+        state = f": {state}"
+    return HangError(f"watchdog: {what} not done after {cycles} cycles{state}")
+
+
 class BitstreamRejected(ChipError):
     """The config controller refused a bitstream; ``status`` is its ConfigStatus."""
 
@@ -396,13 +408,7 @@ class ChipDriver:
         timeout = self.t.Timer(cycles * self.period_ns, unit="ns")
         fired = await self.t.First(self.t.RisingEdge(signal), timeout)
         if fired is timeout:
-            state = ""
-            if describe is not None:
-                state = describe()
-                if hasattr(state, "__await__"):
-                    state = await state
-                state = f": {state}"
-            raise HangError(f"watchdog: {what} not done after {cycles} cycles{state}")
+            raise await hang_error(what, cycles, describe)
         await self.t.RisingEdge(self.dut.clk)
 
     async def ext_read(self, offset: int) -> int:
